@@ -1,0 +1,49 @@
+# The two commands of the README: `make demo` and `make test`, each from a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+# CPU-sized demo settings (the MLproject defaults are the article's GPU settings).
+DEMO_CATEGORY ?= carpet
+DEMO_IMAGE_SIZE ?= 96
+DEMO_EPOCHS ?= 10
+DEMO_BATCH_SIZE ?= 32
+# ImageNet weights cannot be downloaded offline: use them when Keras's cache has them.
+IMAGENET_WEIGHTS_FILE := $(HOME)/.keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_$(DEMO_IMAGE_SIZE)_no_top.h5
+DEMO_WEIGHTS ?= $(if $(wildcard $(IMAGENET_WEIGHTS_FILE)),imagenet,none)
+
+.PHONY: demo test install install-test benchmarks clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+demo: install
+	@echo "== generating (or reusing) the built-in synthetic dataset"
+	$(BIN)/python -c "from defectlab.synthetic import ensure_synthetic_dataset; print(ensure_synthetic_dataset())"
+	@echo "== training L2-softmax metric learning on $(DEMO_CATEGORY) (weights=$(DEMO_WEIGHTS), CPU-sized)"
+	$(BIN)/mlflow run . -e metric --env-manager local \
+		-P category=$(DEMO_CATEGORY) -P image_size=$(DEMO_IMAGE_SIZE) -P epochs=$(DEMO_EPOCHS) \
+		-P batch_size=$(DEMO_BATCH_SIZE) -P weights=$(DEMO_WEIGHTS)
+	@echo "== done: browse the run with  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+
+test: install-test
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+benchmarks: install-test
+	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) mlflow.db mlruns mlartifacts optuna.db

@@ -1,0 +1,402 @@
+"""MVTec AD data layer: layout reader, cached image loading, seeded splits.
+
+Layout (see ``shared/CONTRACT.md``)::
+
+    ROOT/CATEGORY/train/good/*.png
+    ROOT/CATEGORY/test/good/*.png
+    ROOT/CATEGORY/test/<defect_type>/*.png
+    ROOT/CATEGORY/ground_truth/<defect_type>/<name>_mask.png   (optional)
+
+Images are returned as ``uint8`` arrays of shape ``(n, size, size, channels)``
+with ``channels`` 3 (RGB) or 1 (grayscale). Decoding and resizing the large
+PNGs is the slow part of a run, so decoded arrays are cached on disk under
+``<cache>/arrays/``, keyed by the file list, each file's size and mtime, the
+requested size and colour mode: a second load of unchanged files decodes nothing.
+
+Splits of one category (column ``split`` of the table):
+
+- ``train``: train/good images used for fitting;
+- ``threshold``: a held-out slice of train/good, for choosing a decision
+  threshold from defect-free images only;
+- ``val``: part of the test set, stratified by defect type, for tuning;
+- ``test``: the rest of the test set, where final figures come from.
+
+All four are disjoint and reproducible from the seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SYNTHETIC_DATA_DIR = "synthetic"
+DEFAULT_VAL_FRACTION = 0.5
+DEFAULT_THRESHOLD_FRACTION = 0.1
+CACHE_FORMAT_VERSION = 1
+TABLE_COLUMNS = ("path", "label", "defect_type", "split", "mask_path")
+
+
+class DatasetError(ValueError):
+    """The data on disk is missing, malformed or unusable; the message names the path."""
+
+
+@dataclass(frozen=True)
+class CategoryData:
+    """One category, loaded and split.
+
+    Attributes
+    ----------
+    root : Path
+        Dataset root folder.
+    category : str
+        Category name.
+    table : pandas.DataFrame
+        One row per image, columns ``path, label, defect_type, split, mask_path``;
+        ``label`` is 0 for good and 1 for defect images.
+    images : numpy.ndarray of shape (n, size, size, channels), uint8
+        Images aligned with the rows of ``table``.
+    """
+
+    root: Path
+    category: str
+    table: pd.DataFrame
+    images: np.ndarray
+
+    def rows(self, split: str) -> np.ndarray:
+        """Boolean mask of the table rows in ``split``."""
+        return (self.table["split"] == split).to_numpy()
+
+    def images_of(self, split: str) -> np.ndarray:
+        return self.images[self.rows(split)]
+
+    @property
+    def dataset_name(self) -> str:
+        return dataset_name(self.root)
+
+
+def default_cache_dir() -> Path:
+    """``$DEFECTLAB_CACHE`` or ``~/.cache/defectlab``."""
+    return Path(os.environ.get("DEFECTLAB_CACHE") or Path.home() / ".cache" / "defectlab")
+
+
+def resolve_data_root(data_dir: str | os.PathLike) -> Path:
+    """The dataset root for ``data_dir``: ``synthetic`` means the built-in generated set."""
+    if str(data_dir) == SYNTHETIC_DATA_DIR:
+        from defectlab.synthetic import ensure_synthetic_dataset
+
+        return ensure_synthetic_dataset()
+    root = Path(data_dir).expanduser()
+    if not root.exists():
+        raise DatasetError(f"dataset root {root} does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} is not a folder")
+    return root.resolve()
+
+
+def dataset_name(root: Path) -> str:
+    """Tag value for the dataset: ``synthetic`` for the built-in set, else the folder's name."""
+    try:
+        Path(root).resolve().relative_to(default_cache_dir().resolve())
+        return SYNTHETIC_DATA_DIR
+    except ValueError:
+        return Path(root).name
+
+
+def list_categories(root: Path) -> list[str]:
+    """Sorted names of the folders under ``root`` that hold a ``train`` or ``test`` folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} does not exist")
+    return sorted(
+        child.name
+        for child in root.iterdir()
+        if child.is_dir() and ((child / "train").is_dir() or (child / "test").is_dir())
+    )
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def read_category_table(root: Path, category: str) -> pd.DataFrame:
+    """Table of every image of one category, before splitting.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``path`` (str), ``label`` (0 good, 1 defect), ``defect_type``
+        (``good`` or the folder name), ``split`` (``train`` or ``test``) and
+        ``mask_path`` (str, empty where there is no mask).
+    """
+    root = Path(root)
+    categories = list_categories(root)
+    if category not in categories:
+        found = ", ".join(categories) if categories else "none"
+        raise DatasetError(f"unknown category {category!r} in {root}; categories found: {found}")
+    category_dir = root / category
+    train_good = category_dir / "train" / "good"
+    if not train_good.is_dir():
+        raise DatasetError(f"category {category!r} has no train/good folder: {train_good} is missing")
+
+    rows = [
+        {"path": str(path), "label": 0, "defect_type": "good", "split": "train", "mask_path": ""}
+        for path in _image_files(train_good)
+    ]
+    if not rows:
+        raise DatasetError(f"{train_good} holds no images")
+    test_dir = category_dir / "test"
+    defect_folders = sorted(p for p in test_dir.iterdir() if p.is_dir()) if test_dir.is_dir() else []
+    for folder in defect_folders:
+        defect_type = folder.name
+        for path in _image_files(folder):
+            mask_path = ""
+            if defect_type != "good":
+                candidate = category_dir / "ground_truth" / defect_type / f"{path.stem}_mask.png"
+                mask_path = str(candidate) if candidate.is_file() else ""
+            rows.append(
+                {
+                    "path": str(path),
+                    "label": int(defect_type != "good"),
+                    "defect_type": defect_type,
+                    "split": "test",
+                    "mask_path": mask_path,
+                }
+            )
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+
+
+def split_category_table(
+    table: pd.DataFrame,
+    seed: int = 0,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    threshold_fraction: float = DEFAULT_THRESHOLD_FRACTION,
+    category: str = "",
+) -> pd.DataFrame:
+    """Assign every row to ``train``, ``threshold``, ``val`` or ``test``.
+
+    The test set is split into ``val`` and ``test`` stratified by defect type
+    (each type contributes ``floor(n * val_fraction)`` images to ``val``, at
+    least one where the type has two or more); ``threshold`` takes
+    ``ceil(n * threshold_fraction)`` train/good images (at least one). The
+    shuffle is seeded, so the same seed always gives the same split.
+
+    Raises
+    ------
+    DatasetError
+        If any of the four splits would be empty, or ``val``/``test`` lacks
+        good or defect images.
+    """
+    rng = np.random.default_rng(seed)
+    split = table["split"].to_numpy(dtype=object).copy()
+
+    train_index = np.flatnonzero(split == "train")
+    n_threshold = max(1, int(np.ceil(len(train_index) * threshold_fraction)))
+    if len(train_index) - n_threshold < 1:
+        raise DatasetError(
+            f"category {category!r}: train/good has {len(train_index)} image(s), too few to hold out "
+            "a threshold slice and still train (need at least 2)"
+        )
+    split[rng.permutation(train_index)[:n_threshold]] = "threshold"
+
+    defect_types = table["defect_type"].to_numpy()
+    for defect_type in sorted(set(defect_types[split == "test"])):
+        type_index = np.flatnonzero((split == "test") & (defect_types == defect_type))
+        n_val = int(np.floor(len(type_index) * val_fraction))
+        if len(type_index) >= 2:
+            n_val = min(max(n_val, 1), len(type_index) - 1)
+        split[rng.permutation(type_index)[:n_val]] = "val"
+
+    result = table.copy()
+    result["split"] = split
+    labels = result["label"].to_numpy()
+    for name in ("val", "test"):
+        for label, kind in ((0, "good"), (1, "defect")):
+            if not np.any((split == name) & (labels == label)):
+                raise DatasetError(
+                    f"category {category!r}: the {name} split has no {kind} images "
+                    f"(the test set has {int(np.sum((table['split'] == 'test') & (table['label'] == label)))}); "
+                    "add test images or lower the val fraction"
+                )
+    return result
+
+
+def _file_fingerprint(paths: list[str]) -> list[tuple[str, int, int]]:
+    fingerprint = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError as error:
+            raise DatasetError(f"image file {path} does not exist") from error
+        fingerprint.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return fingerprint
+
+
+def _cache_key(kind: str, paths: list[str], image_size: int, grayscale: bool) -> str:
+    payload = json.dumps(
+        {
+            "version": CACHE_FORMAT_VERSION,
+            "kind": kind,
+            "files": _file_fingerprint(paths),
+            "image_size": image_size,
+            "grayscale": grayscale,
+        }
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def _decode_image(path: str, image_size: int, grayscale: bool) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = image.convert("L" if grayscale else "RGB")
+            if image.size != (image_size, image_size):
+                image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            array = np.asarray(image, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"cannot read image {path}: {error}") from error
+    return array[..., np.newaxis] if grayscale else array
+
+
+def _decode_mask(mask_path: str, image_path: str, image_size: int) -> np.ndarray:
+    try:
+        with Image.open(image_path) as image:
+            image_shape = image.size
+        with Image.open(mask_path) as mask:
+            mask.load()
+            if mask.size != image_shape:
+                raise DatasetError(
+                    f"mask {mask_path} is {mask.size[0]}x{mask.size[1]} but its image {image_path} "
+                    f"is {image_shape[0]}x{image_shape[1]}"
+                )
+            mask = mask.convert("L")
+            if mask.size != (image_size, image_size):
+                mask = mask.resize((image_size, image_size), Image.Resampling.NEAREST)
+            return np.asarray(mask, dtype=np.uint8) > 127
+    except DatasetError:
+        raise
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DatasetError(f"cannot read mask {mask_path}: {error}") from error
+
+
+def _cached_array(key: str, cache_dir: Path | None, build) -> np.ndarray:
+    """Load ``<cache>/arrays/<key>.npy`` or build it, writing atomically so no reader sees half a file."""
+    cache_path = Path(cache_dir or default_cache_dir()) / "arrays" / f"{key}.npy"
+    if cache_path.is_file():
+        try:
+            return np.load(cache_path, allow_pickle=False)
+        except (OSError, ValueError):
+            cache_path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
+    array = build()
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cache_path.parent, suffix=".tmp", delete=False) as handle:
+        temporary_path = Path(handle.name)
+        try:
+            np.save(handle, array, allow_pickle=False)
+        except BaseException:
+            handle.close()
+            temporary_path.unlink(missing_ok=True)
+            raise
+    os.replace(temporary_path, cache_path)
+    return array
+
+
+def load_images(
+    paths: list[str],
+    image_size: int,
+    grayscale: bool = False,
+    cache_dir: Path | None = None,
+) -> np.ndarray:
+    """Decode and resize ``paths`` to ``uint8`` arrays, through the on-disk cache.
+
+    Grayscale, palette and RGBA files are converted to the requested mode.
+
+    Returns
+    -------
+    numpy.ndarray of shape (len(paths), image_size, image_size, 1 if grayscale else 3)
+    """
+    paths = [str(path) for path in paths]
+    channels = 1 if grayscale else 3
+    if not paths:
+        return np.zeros((0, image_size, image_size, channels), dtype=np.uint8)
+
+    def decode_all() -> np.ndarray:
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+            decoded = list(pool.map(lambda path: _decode_image(path, image_size, grayscale), paths))
+        return np.stack(decoded)
+
+    key = _cache_key("images", paths, image_size, grayscale)
+    return _cached_array(key, cache_dir, decode_all)
+
+
+def load_masks(
+    table: pd.DataFrame, image_size: int, cache_dir: Path | None = None
+) -> np.ndarray:
+    """Ground-truth masks aligned with ``table``: ``bool`` array ``(n, size, size)``.
+
+    Rows without a mask (good images, or defects whose mask is absent) are all False.
+    A mask whose size differs from its image raises `DatasetError`.
+    """
+    mask_paths = table["mask_path"].fillna("").astype(str).tolist()
+    image_paths = table["path"].astype(str).tolist()
+    present = [mask_path for mask_path in mask_paths if mask_path]
+
+    def decode_all() -> np.ndarray:
+        masks = np.zeros((len(mask_paths), image_size, image_size), dtype=bool)
+        for index, (mask_path, image_path) in enumerate(zip(mask_paths, image_paths)):
+            if mask_path:
+                masks[index] = _decode_mask(mask_path, image_path, image_size)
+        return masks
+
+    if not present:
+        return np.zeros((len(mask_paths), image_size, image_size), dtype=bool)
+    key = _cache_key("masks", mask_paths + image_paths, image_size, True)
+    return _cached_array(key, cache_dir, decode_all)
+
+
+def load_category(
+    data_dir: str | os.PathLike,
+    category: str,
+    image_size: int,
+    grayscale: bool = False,
+    seed: int = 0,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    threshold_fraction: float = DEFAULT_THRESHOLD_FRACTION,
+    cache_dir: Path | None = None,
+) -> CategoryData:
+    """Read, split and load one category (images through the cache)."""
+    root = resolve_data_root(data_dir)
+    table = read_category_table(root, category)
+    table = split_category_table(
+        table, seed=seed, val_fraction=val_fraction, threshold_fraction=threshold_fraction,
+        category=category,
+    )
+    images = load_images(table["path"].tolist(), image_size, grayscale, cache_dir)
+    return CategoryData(root=root, category=category, table=table, images=images)
+
+
+def good_train_paths(root: Path, category: str) -> list[str]:
+    """Paths of ``ROOT/CATEGORY/train/good`` images (the reference pool of other categories)."""
+    folder = Path(root) / category / "train" / "good"
+    if not folder.is_dir():
+        raise DatasetError(f"category {category!r} has no train/good folder: {folder} is missing")
+    return [str(path) for path in _image_files(folder)]
+
+
+def image_paths_in(folder: str | os.PathLike) -> list[str]:
+    """Image files directly in ``folder`` (for ``reference_dir``); the folder must exist."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DatasetError(f"reference folder {folder} does not exist")
+    return [str(path) for path in _image_files(folder)]

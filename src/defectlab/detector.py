@@ -1,0 +1,200 @@
+"""The ``detector`` pyfunc: images in, ``score`` and ``is_anomaly`` out.
+
+A detector is a *bundle* folder of plain files (Keras ``.keras`` networks,
+``.npy`` arrays and ``detector.json``) logged as MLflow's models-from-code:
+``detector_model.py`` builds a `DefectDetector`, which reads the bundle in
+``load_context``. Nothing live is pickled.
+
+Input: a DataFrame with one column ``image`` whose values are PNG/JPEG bytes,
+base64-encoded PNG/JPEG strings (what a JSON request to ``mlflow models
+serve`` carries), or paths of image files. Output: a DataFrame with ``score``
+(float, higher = more anomalous) and ``is_anomaly`` (``score > threshold``).
+Bad input raises an `MlflowException` with ``INVALID_PARAMETER_VALUE``,
+which the scoring server answers with HTTP 400.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import os
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from PIL import Image
+
+BUNDLE_CONFIG_FILE = "detector.json"
+IMAGE_COLUMN = "image"
+MAX_INPUT_PIXELS = 40_000_000  # ~6300 x 6300: well above MVTec's 1024 px, far below a memory bomb
+INPUT_EXAMPLE_SIZE = 64
+
+
+def _invalid(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _image_bytes(value, row: int) -> bytes:
+    """Bytes of one input value: raw bytes, a file path, or base64 text."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        if not value:
+            raise _invalid(f"row {row}: the image value is empty")
+        if len(value) < 4096 and os.path.isfile(value):
+            return Path(value).read_bytes()
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise _invalid(
+                f"row {row}: the image value is neither base64-encoded PNG/JPEG data nor an "
+                "existing file path"
+            ) from None
+    raise _invalid(
+        f"row {row}: the image value has type {type(value).__name__}; expected bytes, "
+        "base64 text or a file path"
+    )
+
+
+def decode_image(value, image_size: int, grayscale: bool, row: int = 0) -> np.ndarray:
+    """Decode one input value to ``uint8`` ``(image_size, image_size, channels)``.
+
+    Raises `MlflowException` (HTTP 400) naming the row and the problem.
+    """
+    payload = _image_bytes(value, row)
+    if not payload:
+        raise _invalid(f"row {row}: the image is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(payload)) as image:
+            width, height = image.size
+            if width * height > MAX_INPUT_PIXELS:
+                raise _invalid(
+                    f"row {row}: the image is {width}x{height} pixels, more than the "
+                    f"{MAX_INPUT_PIXELS} pixels a detector accepts; resize it first"
+                )
+            image.load()
+            image = image.convert("L" if grayscale else "RGB")
+            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            array = np.asarray(image, dtype=np.uint8)
+    except MlflowException:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise _invalid(f"row {row}: not a readable PNG/JPEG image ({error})") from None
+    return array[..., np.newaxis] if grayscale else array
+
+
+def decode_images(model_input, image_size: int, grayscale: bool) -> np.ndarray:
+    """Decode the ``image`` column of a pyfunc input into a ``uint8`` batch."""
+    if isinstance(model_input, dict):
+        model_input = pd.DataFrame(model_input)
+    if not isinstance(model_input, pd.DataFrame):
+        raise _invalid(
+            f"expected a DataFrame with a column {IMAGE_COLUMN!r}, got {type(model_input).__name__}"
+        )
+    if IMAGE_COLUMN not in model_input.columns:
+        raise _invalid(
+            f"the input has no column {IMAGE_COLUMN!r} (columns: {', '.join(map(str, model_input.columns)) or 'none'})"
+        )
+    values = model_input[IMAGE_COLUMN].tolist()
+    if not values:
+        raise _invalid("the input holds no images")
+    channels = 1 if grayscale else 3
+    batch = np.zeros((len(values), image_size, image_size, channels), dtype=np.uint8)
+    for row, value in enumerate(values):
+        batch[row] = decode_image(value, image_size, grayscale, row)
+    return batch
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a ``uint8`` image ``(h, w, channels)``."""
+    array = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def load_bundle_scorer(bundle_dir: Path, bundle_config: dict):
+    """The method's scorer object for a bundle (has ``score_images(images) -> (n,)``)."""
+    method = bundle_config.get("method")
+    if method == "l2_softmax":
+        from defectlab.metric_learning import EmbeddingLOFDetector
+
+        return EmbeddingLOFDetector.load(bundle_dir, bundle_config)
+    if method == "ssim_ae":
+        from defectlab.autoencoder import SSIMDetectorScorer
+
+        return SSIMDetectorScorer.load(bundle_dir, bundle_config)
+    raise ValueError(f"unknown detector method {method!r} in {bundle_dir / BUNDLE_CONFIG_FILE}")
+
+
+def write_bundle(bundle_dir: Path, scorer, method: str, image_size: int, grayscale: bool, threshold: float) -> Path:
+    """Save ``scorer`` and ``detector.json`` into ``bundle_dir`` (created)."""
+    bundle_dir = Path(bundle_dir)
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    bundle_config = {
+        "method": method,
+        "image_size": int(image_size),
+        "grayscale": bool(grayscale),
+        "threshold": float(threshold),
+        **scorer.save(bundle_dir),
+    }
+    (bundle_dir / BUNDLE_CONFIG_FILE).write_text(json.dumps(bundle_config, indent=2))
+    return bundle_dir
+
+
+class DefectDetector(mlflow.pyfunc.PythonModel):
+    """pyfunc over a detector bundle: ``predict`` returns ``score`` and ``is_anomaly``."""
+
+    def load_context(self, context):
+        self.load_bundle(Path(context.artifacts["bundle"]))
+
+    def load_bundle(self, bundle_dir: Path) -> "DefectDetector":
+        self.bundle_config = json.loads((Path(bundle_dir) / BUNDLE_CONFIG_FILE).read_text())
+        self.scorer = load_bundle_scorer(Path(bundle_dir), self.bundle_config)
+        self.threshold = float(self.bundle_config["threshold"])
+        return self
+
+    def predict(self, context, model_input, params=None):
+        images = decode_images(
+            model_input, self.bundle_config["image_size"], self.bundle_config["grayscale"]
+        )
+        return self.predict_images(images, params)
+
+    def predict_images(self, images: np.ndarray, params=None) -> pd.DataFrame:
+        """Scores of already-decoded images (the path tests and benchmarks use)."""
+        params = params or {}
+        if params.get("return_map"):
+            if not hasattr(self.scorer, "score_images_with_maps"):
+                raise _invalid(
+                    f"return_map: the {self.bundle_config['method']} detector makes no anomaly maps"
+                )
+            scores, maps = self.scorer.score_images_with_maps(images)
+            result = pd.DataFrame({"score": scores, "is_anomaly": scores > self.threshold})
+            result["anomaly_map"] = [m.tolist() for m in maps]
+            return result
+        scores = np.asarray(self.scorer.score_images(images), dtype=np.float64)
+        return pd.DataFrame({"score": scores, "is_anomaly": scores > self.threshold})
+
+
+def detector_signature_and_example(image_size: int, grayscale: bool):
+    """MLflow signature (``image`` in; ``score``, ``is_anomaly`` out; param ``return_map``) and an input example."""
+    from mlflow.models import infer_signature
+
+    channels = 1 if grayscale else 3
+    example_image = np.full((INPUT_EXAMPLE_SIZE, INPUT_EXAMPLE_SIZE, channels), 128, dtype=np.uint8)
+    input_example = pd.DataFrame(
+        {IMAGE_COLUMN: [base64.b64encode(encode_png(example_image)).decode("ascii")]}
+    )
+    output_example = pd.DataFrame({"score": [0.0], "is_anomaly": [False]})
+    signature = infer_signature(input_example, output_example, params={"return_map": False})
+    return signature, input_example
+
+
+def bundle_to_local_detector(bundle_dir: Path) -> DefectDetector:
+    """A `DefectDetector` straight from a bundle folder, without MLflow."""
+    return DefectDetector().load_bundle(Path(bundle_dir))

@@ -1,0 +1,272 @@
+"""L2-softmax metric learning: the classes, the training loop, the embeddings.
+
+The target category's train images are class 0; each other category of the
+dataset contributes its train/good images as one more class (capped in total
+at ``reference_size``), and an optional ``reference_dir`` is one class more.
+After training, the pooled features of the network are the embedding a
+`defectlab.scoring.LOFScorer` scores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from defectlab import data
+from defectlab.config import MetricConfig
+from defectlab.models import build_l2_softmax_classifier
+from defectlab.scoring import LOFScorer, average_standardized_scores, reference_statistics
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """Reference images, one class per source.
+
+    Attributes
+    ----------
+    class_names : list of str
+        Name of each reference class (a category name, or ``reference_dir``).
+    images : numpy.ndarray, uint8, (n, size, size, 3)
+    labels : numpy.ndarray, int, (n,)
+        Index into ``class_names`` plus one (class 0 is the target).
+    """
+
+    class_names: list
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def reference_paths(
+    root: Path, category: str, reference_size: int, reference_dir: str, seed: int
+) -> dict[str, list[str]]:
+    """Reference image paths per class: other categories' train/good, then ``reference_dir``.
+
+    ``reference_size`` caps the images taken from the other categories (-1: all);
+    the cap is drawn seeded and spread over the categories in proportion to
+    their sizes. Classes left without images are dropped.
+    """
+    pools = {
+        other: data.good_train_paths(root, other)
+        for other in data.list_categories(root)
+        if other != category and (Path(root) / other / "train" / "good").is_dir()
+    }
+    total = sum(len(paths) for paths in pools.values())
+    if 0 <= reference_size < total:
+        rng = np.random.default_rng(seed)
+        flat = [(name, path) for name, paths in pools.items() for path in paths]
+        chosen = sorted(rng.choice(len(flat), size=reference_size, replace=False))
+        pools = {name: [] for name in pools}
+        for index in chosen:
+            name, path = flat[index]
+            pools[name].append(path)
+    if reference_dir:
+        pools[f"reference_dir:{Path(reference_dir).name}"] = data.image_paths_in(reference_dir)
+    return {name: paths for name, paths in pools.items() if paths}
+
+
+def load_reference_set(
+    root: Path,
+    category: str,
+    image_size: int,
+    reference_size: int = -1,
+    reference_dir: str = "",
+    seed: int = 0,
+) -> ReferenceSet:
+    """Load the reference classes; raises `data.DatasetError` when there are none."""
+    paths_by_class = reference_paths(root, category, reference_size, reference_dir, seed)
+    if not paths_by_class:
+        raise data.DatasetError(
+            f"no reference images for {category!r}: the dataset at {root} has no other category "
+            f"with train/good images, reference_size={reference_size} and reference_dir="
+            f"{reference_dir!r} adds none; a softmax needs at least two classes"
+        )
+    images, labels = [], []
+    for class_index, paths in enumerate(paths_by_class.values(), start=1):
+        images.append(data.load_images(paths, image_size, grayscale=False))
+        labels.append(np.full(len(paths), class_index, dtype=np.int32))
+    return ReferenceSet(
+        class_names=list(paths_by_class), images=np.concatenate(images), labels=np.concatenate(labels)
+    )
+
+
+class RaiseOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop training with `NonFiniteLossError` as soon as the loss is NaN or infinite."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLossError(f"training loss became {float(loss)} at batch {batch}")
+
+
+def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    """SGD with momentum 0.9 (the article's choice) or Adam."""
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    raise ValueError(f"unknown optimizer {name!r}; choose sgd or adam")
+
+
+def training_dataset(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int
+) -> tf.data.Dataset:
+    """Shuffled, batched, prefetched tf.data pipeline over in-memory arrays (no decoding per epoch)."""
+    return (
+        tf.data.Dataset.from_tensor_slices((images, labels))
+        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .map(lambda batch_images, batch_labels: (tf.cast(batch_images, tf.float32), batch_labels),
+             num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def train_l2_softmax(
+    target_images: np.ndarray,
+    references: ReferenceSet,
+    config: MetricConfig,
+    weights_path: str | None,
+    seed: int,
+    callbacks: list | None = None,
+    verbose: int | str = "auto",
+) -> tuple[keras.Model, keras.callbacks.History]:
+    """Train the L2-softmax classifier: target (class 0) against the reference classes.
+
+    Returns the trained classifier and Keras's history. Raises
+    `NonFiniteLossError` if the loss stops being finite.
+    """
+    keras.utils.set_random_seed(seed)
+    num_classes = 1 + len(references.class_names)
+    classifier = build_l2_softmax_classifier(
+        num_classes,
+        config.image_size,
+        backbone_alpha=config.backbone_alpha,
+        weights_path=weights_path,
+        softmax_scale=config.softmax_scale,
+    )
+    classifier.compile(
+        optimizer=make_optimizer(config.optimizer, config.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    images = np.concatenate([target_images, references.images])
+    labels = np.concatenate([np.zeros(len(target_images), dtype=np.int32), references.labels])
+    history = classifier.fit(
+        training_dataset(images, labels, config.batch_size, seed),
+        epochs=config.epochs,
+        callbacks=[RaiseOnNonFiniteLoss(), *(callbacks or [])],
+        verbose=verbose,
+    )
+    return classifier, history
+
+
+def embed(embedder: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Pooled features of ``images``: float64 array ``(n, n_features)``."""
+    if len(images) == 0:
+        return np.zeros((0, embedder.output_shape[-1]))
+    features = embedder.predict(
+        tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(
+            lambda batch: tf.cast(batch, tf.float32)
+        ),
+        verbose=0,
+    )
+    return np.asarray(features, dtype=np.float64)
+
+
+class EmbeddingLOFDetector:
+    """Scores images with one or more (embedding network, LOF) members.
+
+    One member: the score is its local outlier factor. Several (the article's
+    ensemble): each member's scores are z-scored against that member's own
+    scores on held-out good images (`scoring.standardize_scores`), then
+    averaged. Higher = more anomalous in both cases.
+
+    Parameters
+    ----------
+    embedders : list of keras.Model
+        Networks from images to pooled features.
+    good_embeddings : list of numpy.ndarray
+        Each member's embeddings of the good training images (LOF is fitted on them).
+    lof_neighbors : int
+    """
+
+    BUNDLE_METHOD = "l2_softmax"
+
+    def __init__(self, embedders, good_embeddings, lof_neighbors: int = 5, batch_size: int = 64):
+        self.embedders = list(embedders)
+        self.good_embeddings = [np.asarray(e, dtype=np.float64) for e in good_embeddings]
+        self.lof_neighbors = lof_neighbors
+        self.batch_size = batch_size
+        self.lof_scorers_ = [
+            LOFScorer(lof_neighbors).fit(embeddings) for embeddings in self.good_embeddings
+        ]
+        self.reference_means_ = [0.0] * len(self.embedders)
+        self.reference_stds_ = [1.0] * len(self.embedders)
+
+    @property
+    def ensemble_size(self) -> int:
+        return len(self.embedders)
+
+    def member_scores(self, images: np.ndarray) -> list[np.ndarray]:
+        """Each member's raw LOF scores of ``images`` (list of arrays of shape ``(n,)``)."""
+        return [
+            scorer.score_samples(embed(embedder, images, self.batch_size))
+            for embedder, scorer in zip(self.embedders, self.lof_scorers_)
+        ]
+
+    def calibrate(self, heldout_good_images: np.ndarray) -> "EmbeddingLOFDetector":
+        """Record each member's score mean/std on held-out good images (the ensemble's common scale)."""
+        for index, scores in enumerate(self.member_scores(heldout_good_images)):
+            self.reference_means_[index], self.reference_stds_[index] = reference_statistics(scores)
+        return self
+
+    def combine(self, member_scores: list[np.ndarray]) -> np.ndarray:
+        """The detector's score from the members' raw scores; higher = more anomalous."""
+        if self.ensemble_size == 1:
+            return np.asarray(member_scores[0], dtype=np.float64)
+        return average_standardized_scores(
+            member_scores, self.reference_means_, self.reference_stds_
+        )
+
+    def score_images(self, images: np.ndarray) -> np.ndarray:
+        """Anomaly score per image, shape ``(n,)``; higher = more anomalous."""
+        return self.combine(self.member_scores(images))
+
+    def save(self, folder: Path) -> dict:
+        """Write members as plain files (``.keras`` and ``.npy``); returns the JSON-able description."""
+        folder = Path(folder)
+        members = []
+        for index, (embedder, embeddings) in enumerate(zip(self.embedders, self.good_embeddings)):
+            embedder.save(folder / f"member_{index}.keras")
+            np.save(folder / f"member_{index}_good_embeddings.npy", embeddings, allow_pickle=False)
+            members.append(
+                {
+                    "embedder": f"member_{index}.keras",
+                    "good_embeddings": f"member_{index}_good_embeddings.npy",
+                    "reference_mean": self.reference_means_[index],
+                    "reference_std": self.reference_stds_[index],
+                }
+            )
+        return {"lof_neighbors": self.lof_neighbors, "members": members}
+
+    @classmethod
+    def load(cls, folder: Path, description: dict) -> "EmbeddingLOFDetector":
+        folder = Path(folder)
+        members = description["members"]
+        detector = cls(
+            [keras.models.load_model(folder / m["embedder"], compile=False) for m in members],
+            [np.load(folder / m["good_embeddings"], allow_pickle=False) for m in members],
+            lof_neighbors=int(description["lof_neighbors"]),
+        )
+        detector.reference_means_ = [float(m["reference_mean"]) for m in members]
+        detector.reference_stds_ = [float(m["reference_std"]) for m in members]
+        return detector

@@ -1,0 +1,150 @@
+"""Detection metrics on anomaly scores (higher score = more anomalous, defects positive).
+
+A sample is flagged anomalous when ``score > threshold``; every threshold in
+defectlab follows that rule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+CONTRACT_IMAGE_METRICS = (
+    "image_auroc",
+    "tpr_tnr_best",
+    "tpr_at_best",
+    "tnr_at_best",
+    "threshold_best",
+    "tpr_at_val_threshold",
+    "tnr_at_val_threshold",
+)
+
+
+class MetricError(ValueError):
+    """Metrics cannot be computed from these inputs (e.g. one class only)."""
+
+
+def _check_binary(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels).astype(int).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise MetricError(f"{labels.size} labels but {scores.size} scores")
+    if not np.all(np.isfinite(scores)):
+        raise MetricError(f"{int(np.sum(~np.isfinite(scores)))} scores are not finite")
+    if not np.any(labels == 1) or not np.any(labels == 0):
+        raise MetricError("need both good (0) and defect (1) samples to compute this metric")
+    return labels, scores
+
+
+def image_auroc(labels, scores) -> float:
+    """Area under the ROC curve, defects (label 1) positive."""
+    labels, scores = _check_binary(labels, scores)
+    return float(roc_auc_score(labels, scores))
+
+
+def rates_at_threshold(labels, scores, threshold: float) -> tuple[float, float]:
+    """(TPR, TNR) when ``score > threshold`` is flagged anomalous."""
+    labels, scores = _check_binary(labels, scores)
+    flagged = scores > threshold
+    true_positive_rate = float(np.mean(flagged[labels == 1]))
+    true_negative_rate = float(np.mean(~flagged[labels == 0]))
+    return true_positive_rate, true_negative_rate
+
+
+def best_tpr_tnr(labels, scores) -> dict[str, float]:
+    """Maximum over thresholds of TPR + TNR (an oracle threshold, as in the MVTec AD paper).
+
+    Candidate thresholds are every distinct score and one below the lowest, so
+    each way of cutting the sorted scores is tried once. Ties in the maximum go
+    to the lowest threshold.
+
+    Returns
+    -------
+    dict
+        ``tpr_tnr_best``, ``tpr_at_best``, ``tnr_at_best``, ``threshold_best``.
+    """
+    labels, scores = _check_binary(labels, scores)
+    distinct_scores = np.unique(scores)
+    candidates = np.concatenate([[distinct_scores[0] - 1.0], distinct_scores])
+    flagged = scores[np.newaxis, :] > candidates[:, np.newaxis]
+    tpr = flagged[:, labels == 1].mean(axis=1)
+    tnr = (~flagged[:, labels == 0]).mean(axis=1)
+    best = int(np.argmax(tpr + tnr))
+    return {
+        "tpr_tnr_best": float(tpr[best] + tnr[best]),
+        "tpr_at_best": float(tpr[best]),
+        "tnr_at_best": float(tnr[best]),
+        "threshold_best": float(candidates[best]),
+    }
+
+
+def threshold_from_good_scores(good_scores) -> float:
+    """Decision threshold from defect-free images only: the largest held-out good score.
+
+    With ``score > threshold`` flagged, no held-out good image is a false alarm;
+    this is what a deployed detector can do without seeing any defect.
+    """
+    good_scores = np.asarray(good_scores, dtype=np.float64).ravel()
+    if good_scores.size == 0:
+        raise MetricError("no good scores to choose a threshold from")
+    if not np.all(np.isfinite(good_scores)):
+        raise MetricError("good scores contain non-finite values")
+    return float(np.max(good_scores))
+
+
+def per_defect_type_auroc(defect_types, labels, scores) -> dict[str, float]:
+    """AUROC of good images against each defect type alone: ``{defect_type: auroc}``."""
+    defect_types = np.asarray(defect_types).astype(str)
+    labels, scores = _check_binary(labels, scores)
+    good = labels == 0
+    result = {}
+    for defect_type in sorted(set(defect_types[labels == 1])):
+        of_type = defect_types == defect_type
+        selected = good | of_type
+        result[defect_type] = image_auroc(labels[selected], scores[selected])
+    return result
+
+
+def image_metrics(
+    table: pd.DataFrame, scores: np.ndarray, threshold: float
+) -> dict[str, float]:
+    """The contract's image-level metrics for the ``val`` and ``test`` rows of a scored table.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Columns ``label``, ``defect_type``, ``split``; one row per scored image.
+    scores : numpy.ndarray of shape (len(table),)
+        Anomaly scores, higher = more anomalous.
+    threshold : float
+        Threshold chosen from good images only (``score > threshold`` is a defect).
+
+    Returns
+    -------
+    dict
+        ``test_image_auroc``, ``test_tpr_tnr_best`` and its parts,
+        ``test_tpr_at_val_threshold``, ``test_tnr_at_val_threshold``,
+        ``test_auroc_<defect_type>``, ``val_image_auroc``.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) != len(table):
+        raise MetricError(f"{len(scores)} scores for {len(table)} table rows")
+    split = table["split"].to_numpy()
+    labels = table["label"].to_numpy()
+    test = split == "test"
+    metrics = {"test_image_auroc": image_auroc(labels[test], scores[test])}
+    metrics.update(
+        {f"test_{key}": value for key, value in best_tpr_tnr(labels[test], scores[test]).items()}
+    )
+    tpr, tnr = rates_at_threshold(labels[test], scores[test], threshold)
+    metrics["test_tpr_at_val_threshold"] = tpr
+    metrics["test_tnr_at_val_threshold"] = tnr
+    for defect_type, auroc in per_defect_type_auroc(
+        table["defect_type"].to_numpy()[test], labels[test], scores[test]
+    ).items():
+        metrics[f"test_auroc_{defect_type}"] = auroc
+    val = split == "val"
+    if np.any(val):
+        metrics["val_image_auroc"] = image_auroc(labels[val], scores[val])
+    return metrics

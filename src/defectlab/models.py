@@ -1,0 +1,145 @@
+"""Network builders: pure functions that return `keras.Model`.
+
+Only Keras's own layers are used, so a saved model loads in any process
+without custom objects.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+
+from defectlab.config import ConfigError
+
+MOBILENET_V2_WEIGHTS_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+)
+MOBILENET_V2_IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+MOBILENET_V2_IMAGENET_SIZES = (96, 128, 160, 192, 224)
+EMBEDDING_LAYER = "embedding"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are neither cached nor downloadable."""
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras keeps downloaded weights (``$KERAS_HOME/models`` or ``~/.keras/models``)."""
+    keras_home = os.environ.get("KERAS_HOME") or Path.home() / ".keras"
+    return Path(keras_home) / "models"
+
+
+def mobilenet_v2_weights_filename(backbone_alpha: float, image_size: int) -> str:
+    """Name of Keras's no-top ImageNet weights file for this width and input size."""
+    rows = image_size if image_size in MOBILENET_V2_IMAGENET_SIZES else 224
+    return (
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_"
+        f"{float(backbone_alpha)}_{rows}_no_top.h5"
+    )
+
+
+def resolve_backbone_weights(
+    weights: str, backbone_alpha: float, image_size: int
+) -> tuple[str | None, str]:
+    """Turn the ``weights`` setting into a file for MobileNetV2, before any training.
+
+    Parameters
+    ----------
+    weights : str
+        ``imagenet``, ``none``, or a path to a weights file.
+
+    Returns
+    -------
+    (weights_path or None, weights_tag)
+        ``weights_tag`` is what the run records: ``imagenet``, ``none`` or the
+        file's name.
+
+    Raises
+    ------
+    WeightsUnavailableError
+        ImageNet weights are not in Keras's cache and cannot be downloaded; the
+        message names the file, where to put it, and ``-P weights=none``.
+    FileNotFoundError
+        ``weights`` is a path that does not exist.
+    """
+    if weights == "none":
+        return None, "none"
+    if weights == "imagenet":
+        if float(backbone_alpha) not in MOBILENET_V2_IMAGENET_ALPHAS:
+            raise ConfigError(
+                f"ImageNet weights exist only for backbone_alpha in {MOBILENET_V2_IMAGENET_ALPHAS}, "
+                f"got {backbone_alpha}; use weights=none to train from scratch"
+            )
+        filename = mobilenet_v2_weights_filename(backbone_alpha, image_size)
+        cached = keras_cache_dir() / filename
+        if cached.is_file():
+            return str(cached), "imagenet"
+        try:
+            downloaded = keras.utils.get_file(
+                filename, MOBILENET_V2_WEIGHTS_URL + filename, cache_subdir="models"
+            )
+        except Exception as error:  # any network failure means the same thing here
+            raise WeightsUnavailableError(
+                f"ImageNet weights {filename} are not in {keras_cache_dir()} and cannot be "
+                f"downloaded ({type(error).__name__}). Copy the file from "
+                f"{MOBILENET_V2_WEIGHTS_URL}{filename} into {keras_cache_dir()}/, "
+                "or train from scratch with -P weights=none (CLI: --weights none)."
+            ) from error
+        return str(downloaded), "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights file {path} does not exist (weights must be 'imagenet', 'none' or a file path)"
+        )
+    return str(path), path.name
+
+
+def build_l2_softmax_classifier(
+    num_classes: int,
+    image_size: int,
+    backbone_alpha: float = 0.5,
+    weights_path: str | None = None,
+    softmax_scale: float = 16.0,
+) -> keras.Model:
+    """MobileNetV2 with an L2-softmax head (Ranjan et al. 2017).
+
+    Input: ``uint8``-range RGB images ``(image_size, image_size, 3)``.
+    Pipeline: scale to [-1, 1] (MobileNetV2's preprocessing), MobileNetV2
+    without top, global average pooling (the layer named ``embedding``),
+    L2 normalisation, multiplication by ``softmax_scale``, dense softmax.
+    """
+    if num_classes < 2:
+        raise ValueError(f"a softmax classifier needs at least 2 classes, got {num_classes}")
+    # Input and MobileNetV2 preprocessing
+    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
+    scaled_inputs = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
+
+    # Backbone: its pooled features are the embedding that LOF scores
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(image_size, image_size, 3),
+        alpha=backbone_alpha,
+        include_top=False,
+        weights=None,
+        pooling=None,
+    )
+    if weights_path is not None:
+        backbone.load_weights(weights_path)
+    features = backbone(scaled_inputs)
+    embedding = keras.layers.GlobalAveragePooling2D(name=EMBEDDING_LAYER)(features)
+
+    # L2-softmax head
+    normalized = keras.layers.UnitNormalization(name="l2_normalize")(embedding)
+    scaled = keras.layers.Rescaling(softmax_scale, name="softmax_scale")(normalized)
+    class_probabilities = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="class_probabilities"
+    )(scaled)
+    return keras.Model(inputs, class_probabilities, name="l2_softmax_mobilenet_v2")
+
+
+def embedding_model(classifier: keras.Model) -> keras.Model:
+    """The classifier cut at its pooled features (layer ``embedding``)."""
+    return keras.Model(
+        classifier.inputs, classifier.get_layer(EMBEDDING_LAYER).output, name="embedding_model"
+    )

@@ -1,0 +1,106 @@
+"""Figures of one evaluated run: ROC, score histograms, anomaly-ranked image grids.
+
+Every function returns a `matplotlib.figure.Figure` and does no I/O; the
+caller (``tracking``) logs or saves it.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are files; never open a window (servers, CI)
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+RANKED_GRID_SIZE = 12
+
+
+def roc_figure(labels, scores, title: str = "ROC (test split)") -> Figure:
+    """ROC curve, defects positive, with the AUROC in the legend."""
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    false_positive_rate, true_positive_rate, _ = roc_curve(labels, scores)
+    area = float(np.trapezoid(true_positive_rate, false_positive_rate))
+    figure, axes = plt.subplots(figsize=(5, 5))
+    axes.plot(false_positive_rate, true_positive_rate, label=f"AUROC = {area:.3f}")
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    axes.set_xlabel("false positive rate (good images flagged)")
+    axes.set_ylabel("true positive rate (defects found)")
+    axes.set_title(title)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+def score_histogram_figure(
+    labels, scores, threshold: float | None = None, title: str = "Anomaly scores (test split)"
+) -> Figure:
+    """Overlaid histograms of good and defect scores, with the deployed threshold."""
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    figure, axes = plt.subplots(figsize=(6, 4))
+    bins = np.histogram_bin_edges(scores, bins=30)
+    axes.hist(scores[labels == 0], bins=bins, alpha=0.6, label="good", color="tab:blue")
+    axes.hist(scores[labels == 1], bins=bins, alpha=0.6, label="defect", color="tab:red")
+    if threshold is not None and np.isfinite(threshold):
+        axes.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
+    axes.set_xlabel("anomaly score (higher = more anomalous)")
+    axes.set_ylabel("images")
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def ranked_grid_figure(
+    images: np.ndarray,
+    scores,
+    defect_types,
+    title: str,
+    columns: int = 4,
+) -> Figure:
+    """Grid of images, each tile titled with its score and defect type (in the given order)."""
+    count = len(images)
+    rows = max(1, int(np.ceil(count / columns)))
+    figure, axes_grid = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows + 0.4))
+    axes_list = np.atleast_1d(axes_grid).ravel()
+    for axes in axes_list:
+        axes.axis("off")
+    for axes, image, score, defect_type in zip(axes_list, images, scores, defect_types):
+        shown = image[..., 0] if image.shape[-1] == 1 else image
+        axes.imshow(shown, cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255)
+        axes.set_title(f"{defect_type}\nscore {float(score):.3g}", fontsize=9)
+    if count == 0:
+        axes_list[0].text(0.5, 0.5, "no images", ha="center", va="center")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def ranked_indices(labels, scores, count: int = RANKED_GRID_SIZE) -> dict[str, np.ndarray]:
+    """Indices for the three ranked grids, each in display order.
+
+    ``top_defects``: most anomalous defect images; ``hard_defects``: least
+    anomalous defect images (the misses); ``false_alarms``: most anomalous good images.
+    """
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    defect_index = np.flatnonzero(labels == 1)
+    good_index = np.flatnonzero(labels == 0)
+    defects_by_score = defect_index[np.argsort(-scores[defect_index], kind="stable")]
+    goods_by_score = good_index[np.argsort(-scores[good_index], kind="stable")]
+    return {
+        "top_defects": defects_by_score[:count],
+        "hard_defects": defects_by_score[::-1][:count],
+        "false_alarms": goods_by_score[:count],
+    }
+
+
+RANKED_TITLES = {
+    "top_defects": "Most anomalous defect images",
+    "hard_defects": "Least anomalous defect images (hardest to find)",
+    "false_alarms": "Most anomalous good images (false alarms)",
+}
