@@ -1,0 +1,154 @@
+"""Fixtures of the integration tests: real servers on 127.0.0.1, started and stopped here.
+
+``postgres_server`` is a throwaway PostgreSQL cluster (one per test session) on
+a free port; ``postgres_server.create_database(name)`` returns a SQLAlchemy URL
+for a fresh database in it (an Optuna study storage, an MLflow backend store).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_seconds: float, process: subprocess.Popen | None = None) -> None:
+    """Block until something accepts connections on 127.0.0.1:``port``; fail if ``process`` dies."""
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server process exited with status {process.returncode} before listening")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.settimeout(0.5)
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_seconds:.0f} s")
+
+
+def stop_process(process: subprocess.Popen, timeout_seconds: float = 10.0) -> None:
+    """Terminate a process this test session started (kill it if it does not stop)."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _postgres_bin_dir() -> Path | None:
+    """Folder of ``initdb``/``pg_ctl``: from PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(candidates[-1]).parent if candidates else None
+
+
+class PostgresCluster:
+    """A running throwaway PostgreSQL cluster: trust authentication, TCP on 127.0.0.1 only."""
+
+    SUPERUSER = "postgres"
+
+    def __init__(self, bin_dir: Path, data_dir: Path, port: int, run_as: list[str]):
+        self.bin_dir = bin_dir
+        self.data_dir = data_dir
+        self.port = port
+        self.run_as = run_as
+
+    def _command(self, program: str, *arguments: str) -> list[str]:
+        return [*self.run_as, str(self.bin_dir / program), *arguments]
+
+    def start(self) -> None:
+        subprocess.run(
+            self._command(
+                "initdb", "-D", str(self.data_dir), "-U", self.SUPERUSER, "--auth=trust",
+                "--encoding=UTF8", "--no-sync",
+            ),
+            check=True, capture_output=True,
+        )
+        # No Unix socket (its default folder may not exist or be writable); fsync off: throwaway data.
+        options = f"-p {self.port} -h 127.0.0.1 -k '' -c fsync=off -c max_connections=100"
+        subprocess.run(
+            self._command(
+                "pg_ctl", "-D", str(self.data_dir), "-o", options,
+                "-l", str(self.data_dir / "server.log"), "-w", "-t", "60", "start",
+            ),
+            check=True, capture_output=True,
+        )
+
+    def stop(self) -> None:
+        subprocess.run(
+            self._command("pg_ctl", "-D", str(self.data_dir), "-m", "immediate", "stop"),
+            capture_output=True,
+        )
+
+    def url(self, database: str) -> str:
+        """SQLAlchemy URL of ``database``, naming the psycopg2 driver (SQLAlchemy 2.1 defaults to psycopg 3)."""
+        return f"postgresql+psycopg2://{self.SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """Create an empty database ``name`` (dropping an old one) and return its URL."""
+        import psycopg2
+
+        connection = psycopg2.connect(
+            host="127.0.0.1", port=self.port, user=self.SUPERUSER, dbname="postgres"
+        )
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                cursor.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            connection.close()
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL cluster on a free port for the whole test session.
+
+    Skips when PostgreSQL's server binaries are not installed (``.ci/run``
+    installs them). ``initdb`` refuses to run as root, so as root the cluster
+    runs as the ``postgres`` system user.
+    """
+    pytest.importorskip("psycopg2")
+    bin_dir = _postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries (initdb) are not installed")
+    run_as: list[str] = []
+    parent = Path(tempfile.mkdtemp(prefix="defectlab-postgres-"))
+    data_dir = parent / "data"
+    if os.geteuid() == 0:
+        runuser = shutil.which("runuser")
+        if runuser is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL as another user")
+        run_as = [runuser, "-u", "postgres", "--"]
+        shutil.chown(parent, user="postgres")
+    cluster = PostgresCluster(bin_dir, data_dir, free_port(), run_as)
+    try:
+        cluster.start()
+    except subprocess.CalledProcessError as error:
+        shutil.rmtree(parent, ignore_errors=True)
+        raise RuntimeError(
+            f"could not start PostgreSQL: {error.stderr.decode(errors='replace')[-2000:]}"
+        ) from error
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(parent, ignore_errors=True)
