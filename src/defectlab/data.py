@@ -361,7 +361,9 @@ def load_masks(
 
     if not present:
         return np.zeros((len(mask_paths), image_size, image_size), dtype=bool)
-    key = _cache_key("masks", mask_paths + image_paths, image_size, True)
+    paired_image_paths = [image for mask, image in zip(mask_paths, image_paths) if mask]
+    row_layout = "".join("1" if mask else "0" for mask in mask_paths)  # where the masks sit
+    key = _cache_key("masks" + row_layout, present + paired_image_paths, image_size, True)
     return _cached_array(key, cache_dir, decode_all)
 
 

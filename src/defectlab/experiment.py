@@ -166,3 +166,25 @@ def default_registered_name(method: str, category: str) -> str:
     short = {"l2_softmax": "metric", "ssim_ae": "ssim"}.get(method, method)
     return f"defectlab-{short}-{category}"
 
+
+
+def run_pixel_baseline(
+    data_dir: str = "synthetic",
+    categories: list[str] | None = None,
+    image_size: int = 64,
+    n_components: int = 32,
+    lof_neighbors: int = 5,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """PCA on grayscale pixels + LOF per category: ``{category: contract image metrics}`` (not logged)."""
+    from defectlab.scoring import PCALOFScorer
+
+    root = data.resolve_data_root(data_dir)
+    results = {}
+    for category in categories or data.list_categories(root):
+        dataset = data.load_category(root, category, image_size, grayscale=True, seed=seed)
+        scorer = PCALOFScorer(n_components, lof_neighbors).fit(dataset.images_of("train"))
+        scored = evaluation.scored_rows(dataset.table)
+        scores = scorer.score_samples(dataset.images[scored])
+        results[category] = evaluation.evaluate(dataset.table[scored], scores).metrics
+    return results
