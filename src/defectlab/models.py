@@ -143,3 +143,113 @@ def embedding_model(classifier: keras.Model) -> keras.Model:
     return keras.Model(
         classifier.inputs, classifier.get_layer(EMBEDDING_LAYER).output, name="embedding_model"
     )
+
+
+# SSIM autoencoder (Bergmann et al. 2018; MVTec AD, CVPR 2019)
+# Each entry: (filters, kernel size, stride) of one encoder convolution.
+SSIM_ENCODER_LAYERS = (
+    (32, 4, 2),
+    (32, 4, 2),
+    (32, 3, 1),
+    (64, 4, 2),
+    (64, 3, 1),
+    (128, 4, 2),
+    (64, 3, 1),
+    (32, 3, 1),
+)
+# The MVTec AD paper added one strided 4x4 convolution in front for 256 px input,
+# so that the bottleneck sees the same 8x8 feature map as the 128 px original.
+SSIM_EXTRA_LAYER_FROM_SIZE = 256
+SSIM_EXTRA_LAYER = (32, 4, 2)
+SSIM_LEAKY_RELU_SLOPE = 0.2
+
+
+def ssim_autoencoder_encoder_layers(image_size: int) -> tuple:
+    """The encoder's (filters, kernel, stride) convolutions for this input size."""
+    if image_size >= SSIM_EXTRA_LAYER_FROM_SIZE:
+        return (SSIM_EXTRA_LAYER, *SSIM_ENCODER_LAYERS)
+    return SSIM_ENCODER_LAYERS
+
+
+def ssim_autoencoder_stride(image_size: int) -> int:
+    """Total stride of the encoder: 16 below 256 px, 32 from 256 px on (the extra layer)."""
+    stride = 1
+    for _, _, layer_stride in ssim_autoencoder_encoder_layers(image_size):
+        stride *= layer_stride
+    return stride
+
+
+def check_ssim_autoencoder_settings(image_size: int, latent_dim: int) -> None:
+    """Raise `ConfigError` when the autoencoder cannot be built for these settings.
+
+    Called by `build_ssim_autoencoder` and, before any data is loaded, by the run.
+    """
+    if latent_dim < 1:
+        raise ConfigError(f"latent_dim must be at least 1, got {latent_dim}")
+    stride = ssim_autoencoder_stride(image_size)
+    if image_size < stride or image_size % stride != 0:
+        small_stride = ssim_autoencoder_stride(SSIM_EXTRA_LAYER_FROM_SIZE - 1)
+        large_stride = ssim_autoencoder_stride(SSIM_EXTRA_LAYER_FROM_SIZE)
+        raise ConfigError(
+            f"image_size {image_size} is not divisible by the SSIM autoencoder's total stride "
+            f"{stride}: allowed sizes are multiples of {small_stride} below "
+            f"{SSIM_EXTRA_LAYER_FROM_SIZE} px and multiples of {large_stride} from "
+            f"{SSIM_EXTRA_LAYER_FROM_SIZE} px on (e.g. 32, 64, 96, 128, 192, 256, 320, 512)"
+        )
+
+
+def build_ssim_autoencoder(image_size: int, channels: int = 1, latent_dim: int = 100) -> keras.Model:
+    """Convolutional autoencoder of Bergmann et al. (2018), as used in the MVTec AD paper.
+
+    Input: images scaled to [0, 1], shape ``(image_size, image_size, channels)``.
+    Output: the reconstruction, same shape, in [0, 1] (sigmoid).
+
+    Encoder: strided 4x4 and stride-1 3x3 convolutions with LeakyReLU(0.2)
+    (one more strided 4x4 convolution from 256 px on), then a convolution
+    whose kernel covers the whole remaining feature map, giving a latent code
+    of ``latent_dim`` numbers (1x1xlatent_dim, linear). Decoder: the mirror
+    image with transposed convolutions.
+
+    Raises
+    ------
+    ConfigError
+        ``image_size`` is not a multiple of the encoder's total stride (16, or
+        32 from 256 px on) or ``latent_dim < 1``.
+    """
+    check_ssim_autoencoder_settings(image_size, latent_dim)
+    if channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    encoder_layers = ssim_autoencoder_encoder_layers(image_size)
+    bottleneck_size = image_size // ssim_autoencoder_stride(image_size)
+
+    # Encoder
+    inputs = keras.Input(shape=(image_size, image_size, channels), name="image")
+    features = inputs
+    for index, (filters, kernel_size, stride) in enumerate(encoder_layers, start=1):
+        features = keras.layers.Conv2D(
+            filters, kernel_size, strides=stride, padding="same", name=f"encoder_conv_{index}"
+        )(features)
+        features = keras.layers.LeakyReLU(SSIM_LEAKY_RELU_SLOPE, name=f"encoder_leaky_relu_{index}")(features)
+    latent_code = keras.layers.Conv2D(
+        latent_dim, bottleneck_size, padding="valid", name="latent_code"
+    )(features)
+
+    # Decoder: the encoder in reverse, each convolution transposed
+    features = keras.layers.Conv2DTranspose(
+        encoder_layers[-1][0], bottleneck_size, padding="valid", name="decoder_from_latent"
+    )(latent_code)
+    features = keras.layers.LeakyReLU(SSIM_LEAKY_RELU_SLOPE, name="decoder_leaky_relu_0")(features)
+    # Mirror: each decoder layer outputs the channel count of the encoder layer before it.
+    decoder_filters = [filters for filters, _, _ in encoder_layers[:-1]][::-1]
+    mirrored = list(reversed(encoder_layers))
+    for index, ((_, kernel_size, stride), filters) in enumerate(zip(mirrored[:-1], decoder_filters), start=1):
+        features = keras.layers.Conv2DTranspose(
+            filters, kernel_size, strides=stride, padding="same", name=f"decoder_conv_{index}"
+        )(features)
+        features = keras.layers.LeakyReLU(SSIM_LEAKY_RELU_SLOPE, name=f"decoder_leaky_relu_{index}")(features)
+    _, first_kernel_size, first_stride = encoder_layers[0]
+    reconstruction = keras.layers.Conv2DTranspose(
+        channels, first_kernel_size, strides=first_stride, padding="same",
+        activation="sigmoid", dtype="float32", name="reconstruction",
+    )(features)
+    return keras.Model(inputs, reconstruction, name="ssim_autoencoder")
