@@ -1,0 +1,142 @@
+"""Promotion against a real SQLite model registry (runs with metrics, a trivial pyfunc per version)."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from defectlab.registry import CHAMPION_ALIAS, RegistryError, promote
+
+MODEL_NAME = "defectlab-metric-testcat"
+
+
+class ConstantModel(mlflow.pyfunc.PythonModel):
+    """A stand-in detector: promotion looks only at the producing run's metrics."""
+
+    def predict(self, context, model_input, params=None):
+        return [0.0] * len(model_input)
+
+
+def register_version(metrics: dict, model_name: str = MODEL_NAME) -> str:
+    """Log a run with ``metrics`` and a trivial pyfunc, register it; returns the version."""
+    with mlflow.start_run():
+        mlflow.log_metrics(metrics)
+        info = mlflow.pyfunc.log_model(name="detector", python_model=ConstantModel(), pip_requirements=[])
+    return str(mlflow.register_model(info.model_uri, model_name).version)
+
+
+def champion(model_name: str = MODEL_NAME) -> str | None:
+    alias_version = MlflowClient().get_registered_model(model_name).aliases.get(CHAMPION_ALIAS)
+    return None if alias_version is None else str(alias_version)
+
+
+def version_tags(version: str, model_name: str = MODEL_NAME) -> dict:
+    return MlflowClient().get_model_version(model_name, version).tags
+
+
+def test_first_version_becomes_champion(tracking_uri):
+    version = register_version({"test_image_auroc": 0.7})
+
+    decision = promote(MODEL_NAME)
+
+    assert decision.promoted
+    assert decision.candidate_version == version
+    assert decision.champion_version_before is None
+    assert decision.candidate_value == pytest.approx(0.7)
+    assert champion() == version
+    tags = version_tags(version)
+    assert tags["promotion_decision"] == "promoted"
+    assert tags["promotion_metric"] == "test_image_auroc"
+    assert float(tags["promotion_candidate_value"]) == pytest.approx(0.7)
+    assert tags["compared_with_version"] == ""
+
+
+def test_better_version_takes_the_alias_and_records_the_comparison(tracking_uri):
+    first = register_version({"test_image_auroc": 0.7})
+    promote(MODEL_NAME)
+    second = register_version({"test_image_auroc": 0.9})
+
+    decision = promote(MODEL_NAME)
+
+    assert decision.promoted
+    assert (decision.candidate_version, decision.champion_version_before) == (second, first)
+    assert champion() == second
+    tags = version_tags(second)
+    assert tags["promotion_decision"] == "promoted"
+    assert tags["compared_with_version"] == first
+    assert float(tags["promotion_candidate_value"]) == pytest.approx(0.9)
+    assert float(tags["promotion_champion_value"]) == pytest.approx(0.7)
+
+
+def test_worse_version_leaves_the_champion(tracking_uri):
+    first = register_version({"test_image_auroc": 0.8})
+    promote(MODEL_NAME)
+    second = register_version({"test_image_auroc": 0.6})
+
+    decision = promote(MODEL_NAME)
+
+    assert not decision.promoted
+    assert champion() == first
+    tags = version_tags(second)
+    assert tags["promotion_decision"] == "not_promoted"
+    assert tags["compared_with_version"] == first
+    assert float(tags["promotion_champion_value"]) == pytest.approx(0.8)
+
+
+def test_equal_version_leaves_the_champion(tracking_uri):
+    first = register_version({"test_image_auroc": 0.8})
+    promote(MODEL_NAME)
+    register_version({"test_image_auroc": 0.8})
+
+    decision = promote(MODEL_NAME)
+
+    assert not decision.promoted
+    assert champion() == first
+
+
+def test_lower_is_better_reverses_the_comparison(tracking_uri):
+    register_version({"train_seconds": 30.0})
+    promote(MODEL_NAME, metric="train_seconds", higher_is_better=False)
+    faster = register_version({"train_seconds": 10.0})
+
+    decision = promote(MODEL_NAME, metric="train_seconds", higher_is_better=False)
+
+    assert decision.promoted
+    assert champion() == faster
+
+
+def test_an_older_version_can_be_named_explicitly(tracking_uri):
+    best = register_version({"test_image_auroc": 0.95})
+    register_version({"test_image_auroc": 0.5})
+    promote(MODEL_NAME)  # newest (0.5) becomes the first champion
+
+    decision = promote(MODEL_NAME, version=best)
+
+    assert decision.promoted
+    assert champion() == best
+
+
+def test_missing_metric_on_the_candidate_is_an_error_and_keeps_the_alias(tracking_uri):
+    first = register_version({"test_image_auroc": 0.8})
+    promote(MODEL_NAME)
+    second = register_version({"val_image_auroc": 0.99})
+
+    with pytest.raises(RegistryError, match="has no metric 'test_image_auroc'"):
+        promote(MODEL_NAME)
+
+    assert champion() == first
+    assert "promotion_decision" not in version_tags(second)
+
+
+def test_unknown_model_is_an_error(tracking_uri):
+    with pytest.raises(RegistryError, match="no registered model named 'nobody'"):
+        promote("nobody")
+
+
+def test_unknown_version_is_an_error(tracking_uri):
+    register_version({"test_image_auroc": 0.8})
+
+    with pytest.raises(RegistryError, match="has no version '7'"):
+        promote(MODEL_NAME, version=7)
+    assert champion() is None
