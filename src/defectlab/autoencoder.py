@@ -1,0 +1,355 @@
+"""SSIM autoencoder (Bergmann et al. 2018): training, anomaly maps, image scores.
+
+The network (`defectlab.models.build_ssim_autoencoder`) learns to reconstruct
+defect-free images scaled to [0, 1]. A defect is what it cannot reconstruct.
+
+Loss
+    ``1 - SSIM`` between input and reconstruction (``tf.image.ssim`` with a
+    Gaussian window of ``ssim_window`` pixels, sigma 1.5), or the mean squared
+    error for ``loss=l2`` (the paper's AE-L2 row).
+
+Training data
+    The good train images, augmented on the fly in tf.data to ``augment_to``
+    samples per epoch (nothing is written to disk): random crops resized back
+    to full size, and for textures any flip, transpose or 90-degree rotation.
+    Objects only get small crops (a slight shift and zoom): flipping a cable
+    swaps its wire colours, mirroring a capsule its print.
+
+Anomaly map
+    Per pixel ``1 - SSIM`` between input and reconstruction, at the input's full
+    size: the local statistics use the same Gaussian window with the image
+    reflected at its borders, so the map has no ``window - 1`` pixel margin
+    missing (``tf.image.ssim``'s own map is that much smaller). Inside the
+    margin it equals ``1 -`` ``tf.image.ssim``'s map. RGB maps are averaged
+    over the channels.
+
+Image score and decision rule
+    The MVTec AD paper flags an image when the residual map, thresholded,
+    contains a connected region of at least a minimum defect area, with the
+    threshold raised on defect-free validation images until none of them is
+    flagged. The image score here is that rule turned into one number: the
+    highest residual level ``t`` at which the pixels with ``map >= t`` still
+    hold a connected region of ``min_defect_area`` pixels (an area opening of
+    the map, read at its peak). An image is flagged by the rule at residual
+    threshold ``T`` exactly when ``score > T`` (up to ties), so the threshold
+    `defectlab.evaluation.evaluate` chooses from the good ``threshold`` split
+    (the largest good score) *is* the paper's threshold, and
+    ``test_tpr_at_val_threshold`` / ``test_tnr_at_val_threshold`` are the
+    paper's decision rule. ``min_defect_area`` is fixed in advance at
+    `MIN_DEFECT_AREA_FRACTION` of the image (no defect is used to choose it).
+    Higher score = more anomalous, as everywhere in defectlab.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from scipy import ndimage
+
+from defectlab.config import SSIMConfig
+from defectlab.metric_learning import RaiseOnNonFiniteLoss, make_optimizer
+from defectlab.models import build_ssim_autoencoder
+from defectlab.synthetic import TEXTURE_CATEGORIES as SYNTHETIC_TEXTURE_CATEGORIES
+
+# Textures take any flip or 90-degree rotation; MVTec AD's other textures likewise.
+TEXTURE_CATEGORIES = tuple(sorted({*SYNTHETIC_TEXTURE_CATEGORIES, "grid", "tile", "wood"}))
+TEXTURE_MIN_CROP_FRACTION = 0.75
+OBJECT_MIN_CROP_FRACTION = 0.94
+SSIM_FILTER_SIGMA = 1.5
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+MIN_DEFECT_AREA_FRACTION = 0.001
+AUTOENCODER_FILE = "autoencoder.keras"
+
+
+# SSIM: loss and full-size map
+
+
+def ssim_loss(ssim_window: int):
+    """Keras loss ``1 - SSIM`` per image (``tf.image.ssim``, images in [0, 1])."""
+
+    def one_minus_ssim(target_images, reconstructions):
+        return 1.0 - tf.image.ssim(
+            target_images, reconstructions, max_val=1.0, filter_size=ssim_window,
+            filter_sigma=SSIM_FILTER_SIGMA, k1=SSIM_K1, k2=SSIM_K2,
+        )
+
+    return one_minus_ssim
+
+
+def training_loss(loss: str, ssim_window: int):
+    """The loss named by the config: ``ssim`` (1 - SSIM) or ``l2`` (mean squared error)."""
+    if loss == "ssim":
+        return ssim_loss(ssim_window)
+    if loss == "l2":
+        return "mean_squared_error"
+    raise ValueError(f"unknown loss {loss!r}; choose ssim or l2")
+
+
+def gaussian_window(size: int, sigma: float = SSIM_FILTER_SIGMA) -> np.ndarray:
+    """Normalised 2-D Gaussian window ``(size, size)``, the one ``tf.image.ssim`` uses."""
+    coordinates = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+    profile = np.exp(-(coordinates**2) / (2.0 * sigma**2))
+    window = np.outer(profile, profile)
+    return window / window.sum()
+
+
+def ssim_map(images_a, images_b, ssim_window: int, max_val: float = 1.0) -> tf.Tensor:
+    """Per-pixel SSIM of two batches ``(n, h, w, c)``, same size as the input: ``(n, h, w)``.
+
+    Local means, variances and covariance are Gaussian-weighted over
+    ``ssim_window`` pixels; the images are reflected at the borders so every
+    pixel has a full window. Channels are averaged.
+    """
+    images_a = tf.convert_to_tensor(images_a, dtype=tf.float32)
+    images_b = tf.convert_to_tensor(images_b, dtype=tf.float32)
+    channels = images_a.shape[-1]
+    half = ssim_window // 2
+    kernel = np.tile(gaussian_window(ssim_window)[:, :, np.newaxis, np.newaxis], (1, 1, channels, 1))
+    kernel = tf.constant(kernel, dtype=tf.float32)
+    padding = [[0, 0], [half, half], [half, half], [0, 0]]
+
+    def local_mean(images):
+        reflected = tf.pad(images, padding, mode="REFLECT")
+        return tf.nn.depthwise_conv2d(reflected, kernel, strides=[1, 1, 1, 1], padding="VALID")
+
+    c1 = (SSIM_K1 * max_val) ** 2
+    c2 = (SSIM_K2 * max_val) ** 2
+    mean_a, mean_b = local_mean(images_a), local_mean(images_b)
+    mean_ab = mean_a * mean_b
+    mean_squares = tf.square(mean_a) + tf.square(mean_b)
+    luminance = (2.0 * mean_ab + c1) / (mean_squares + c1)
+    covariance_twice = 2.0 * (local_mean(images_a * images_b) - mean_ab)
+    variances = local_mean(tf.square(images_a) + tf.square(images_b)) - mean_squares
+    contrast_structure = (covariance_twice + c2) / (variances + c2)
+    return tf.reduce_mean(luminance * contrast_structure, axis=-1)
+
+
+def to_unit_range(images) -> tf.Tensor:
+    """``uint8`` images to float32 in [0, 1]."""
+    return tf.cast(images, tf.float32) / 255.0
+
+
+# Augmentation pipeline
+
+
+def is_texture(category: str) -> bool:
+    return category in TEXTURE_CATEGORIES
+
+
+def augment_batch(images, seed, texture: bool) -> tf.Tensor:
+    """Randomly crop (and resize back), and for textures flip/transpose, a ``uint8`` batch.
+
+    Returns float32 images in [0, 1]. ``seed`` is a shape-(2,) integer tensor;
+    the same seed gives the same batch.
+    """
+    images = to_unit_range(images)
+    batch_size = tf.shape(images)[0]
+    image_height, image_width = images.shape[1], images.shape[2]
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=5)
+    min_crop_fraction = TEXTURE_MIN_CROP_FRACTION if texture else OBJECT_MIN_CROP_FRACTION
+    crop_fraction = tf.random.stateless_uniform(
+        [batch_size, 1], seeds[0], minval=min_crop_fraction, maxval=1.0
+    )
+    crop_start = tf.random.stateless_uniform([batch_size, 2], seeds[1]) * (1.0 - crop_fraction)
+    boxes = tf.concat([crop_start, crop_start + crop_fraction], axis=1)
+    images = tf.image.crop_and_resize(
+        images, boxes, tf.range(batch_size), [image_height, image_width]
+    )
+    if texture:
+        # Left-right flip, up-down flip and transpose, each with probability 1/2,
+        # reach all eight flips and 90-degree rotations of a square.
+        flips = (
+            lambda x: tf.reverse(x, [2]), lambda x: tf.reverse(x, [1]),
+            lambda x: tf.transpose(x, [0, 2, 1, 3]),
+        )
+        for seed_index, flip in enumerate(flips, start=2):
+            chosen = tf.random.stateless_uniform([batch_size, 1, 1, 1], seeds[seed_index]) < 0.5
+            images = tf.where(chosen, flip(images), images)
+    return tf.clip_by_value(images, 0.0, 1.0)
+
+
+def augmented_dataset(
+    good_images: np.ndarray, category: str, augment_to: int, batch_size: int, seed: int
+) -> tf.data.Dataset:
+    """``(input, target)`` batches of ``augment_to`` augmented samples per pass, made on the fly.
+
+    The images stay in memory once; each pass (epoch) draws a fresh shuffle and
+    fresh augmentations from the seed. Nothing is written to disk.
+    """
+    if len(good_images) == 0:
+        raise ValueError("no good images to train the autoencoder on")
+    image_table = tf.constant(good_images)
+    passes = math.ceil(augment_to / len(good_images))
+    texture = is_texture(category)
+    indices = (
+        tf.data.Dataset.range(len(good_images))
+        .shuffle(len(good_images), seed=seed, reshuffle_each_iteration=True)
+        .repeat(passes)
+        .take(augment_to)
+        .batch(batch_size)
+    )
+    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+    def make_batch(batch_indices, batch_seed):
+        images = augment_batch(tf.gather(image_table, batch_indices), batch_seed, texture)
+        return images, images
+
+    return (
+        tf.data.Dataset.zip((indices, batch_seeds))
+        .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def train_ssim_autoencoder(
+    good_images: np.ndarray,
+    config: SSIMConfig,
+    seed: int,
+    callbacks: list | None = None,
+    verbose: int | str = "auto",
+) -> tuple[keras.Model, keras.callbacks.History]:
+    """Train the autoencoder on augmented good images (``uint8``, ``(n, size, size, channels)``).
+
+    Returns the trained network (input and output in [0, 1]) and Keras's
+    history. Raises `defectlab.metric_learning.NonFiniteLossError` if the
+    loss stops being finite.
+    """
+    keras.utils.set_random_seed(seed)
+    autoencoder = build_ssim_autoencoder(config.image_size, good_images.shape[-1], config.latent_dim)
+    autoencoder.compile(
+        optimizer=make_optimizer(config.optimizer, config.learning_rate),
+        loss=training_loss(config.loss, config.ssim_window),
+    )
+    history = autoencoder.fit(
+        augmented_dataset(good_images, config.category, config.augment_to, config.batch_size, seed),
+        epochs=config.epochs,
+        callbacks=[RaiseOnNonFiniteLoss(), *(callbacks or [])],
+        verbose=verbose,
+    )
+    # An uncompiled twin sharing the trained layers: saves and reloads without the loss function.
+    inference_autoencoder = keras.Model(autoencoder.inputs, autoencoder.outputs, name=autoencoder.name)
+    return inference_autoencoder, history
+
+
+# Image score
+
+
+def min_defect_area_for(image_size: int) -> int:
+    """The minimum defect area in pixels: `MIN_DEFECT_AREA_FRACTION` of the image, at least 1."""
+    return max(1, round(MIN_DEFECT_AREA_FRACTION * image_size * image_size))
+
+
+def largest_region_area(anomaly_map: np.ndarray, level: float) -> int:
+    """Pixel count of the largest connected region (4-connected) of ``anomaly_map >= level``."""
+    regions, region_count = ndimage.label(anomaly_map >= level)
+    if region_count == 0:
+        return 0
+    return int(np.bincount(regions.ravel())[1:].max())
+
+
+def region_score(anomaly_map: np.ndarray, min_defect_area: int) -> float:
+    """Highest level ``t`` such that ``anomaly_map >= t`` holds a connected region of ``min_defect_area`` pixels.
+
+    With ``min_defect_area == 1`` this is the map's maximum. Found by binary
+    search over the map's distinct values (the largest region only grows as the
+    level falls).
+    """
+    levels = np.unique(anomaly_map)  # ascending
+    if min_defect_area > anomaly_map.size:
+        raise ValueError(
+            f"min_defect_area {min_defect_area} exceeds the map's {anomaly_map.size} pixels"
+        )
+    low, high = 0, len(levels) - 1  # levels[0] (everything) always qualifies
+    while low < high:
+        middle = (low + high + 1) // 2
+        if largest_region_area(anomaly_map, levels[middle]) >= min_defect_area:
+            low = middle
+        else:
+            high = middle - 1
+    return float(levels[low])
+
+
+class SSIMDetectorScorer:
+    """Scores images with a trained SSIM autoencoder; higher = more anomalous.
+
+    Parameters
+    ----------
+    autoencoder : keras.Model
+        Maps images in [0, 1] to reconstructions in [0, 1].
+    ssim_window : int
+        Window of the SSIM anomaly map.
+    min_defect_area : int
+        Minimum defect area in pixels of the image score (see the module docstring).
+    batch_size : int
+    """
+
+    BUNDLE_METHOD = "ssim_ae"
+
+    def __init__(self, autoencoder: keras.Model, ssim_window: int = 11,
+                 min_defect_area: int = 1, batch_size: int = 32):
+        if min_defect_area < 1:
+            raise ValueError(f"min_defect_area must be at least 1, got {min_defect_area}")
+        self.autoencoder = autoencoder
+        self.ssim_window = ssim_window
+        self.min_defect_area = min_defect_area
+        self.batch_size = batch_size
+
+    def reconstruct(self, images: np.ndarray) -> np.ndarray:
+        """Reconstructions of ``uint8`` images: float32 in [0, 1], same shape."""
+        if len(images) == 0:
+            return np.zeros(images.shape, dtype=np.float32)
+        batches = tf.data.Dataset.from_tensor_slices(images).batch(self.batch_size).map(to_unit_range)
+        return np.asarray(self.autoencoder.predict(batches, verbose=0), dtype=np.float32)
+
+    def anomaly_maps(self, images: np.ndarray, reconstructions: np.ndarray | None = None) -> np.ndarray:
+        """Per-pixel ``1 - SSIM`` of ``uint8`` images and their reconstructions: float32 ``(n, h, w)``."""
+        if reconstructions is None:
+            reconstructions = self.reconstruct(images)
+        maps = []
+        for start in range(0, len(images), self.batch_size):
+            stop = start + self.batch_size
+            similarity = ssim_map(to_unit_range(images[start:stop]), reconstructions[start:stop],
+                                  self.ssim_window)
+            maps.append(1.0 - similarity.numpy())
+        if not maps:
+            return np.zeros(images.shape[:3], dtype=np.float32)
+        return np.concatenate(maps).astype(np.float32)
+
+    def scores_of_maps(self, anomaly_maps: np.ndarray) -> np.ndarray:
+        """Image scores ``(n,)`` of anomaly maps ``(n, h, w)`` (`region_score`)."""
+        return np.array(
+            [region_score(anomaly_map, self.min_defect_area) for anomaly_map in anomaly_maps],
+            dtype=np.float64,
+        )
+
+    def score_images_with_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores ``(n,)`` (higher = more anomalous) and anomaly maps ``(n, h, w)`` of ``uint8`` images."""
+        anomaly_maps = self.anomaly_maps(images)
+        return self.scores_of_maps(anomaly_maps), anomaly_maps
+
+    def score_images(self, images: np.ndarray) -> np.ndarray:
+        """Anomaly score per ``uint8`` image, shape ``(n,)``; higher = more anomalous."""
+        return self.score_images_with_maps(images)[0]
+
+    def save(self, folder: Path) -> dict:
+        """Write the network as ``autoencoder.keras``; returns the JSON-able description."""
+        self.autoencoder.save(Path(folder) / AUTOENCODER_FILE)
+        return {
+            "autoencoder": AUTOENCODER_FILE,
+            "ssim_window": int(self.ssim_window),
+            "min_defect_area": int(self.min_defect_area),
+        }
+
+    @classmethod
+    def load(cls, folder: Path, description: dict) -> "SSIMDetectorScorer":
+        autoencoder = keras.models.load_model(Path(folder) / description["autoencoder"], compile=False)
+        return cls(
+            autoencoder,
+            ssim_window=int(description["ssim_window"]),
+            min_defect_area=int(description["min_defect_area"]),
+        )
