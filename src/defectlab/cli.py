@@ -13,7 +13,8 @@ import sys
 
 import click
 
-from defectlab.config import ConfigError, MetricConfig
+from defectlab.config import ConfigError, EvaluateConfig, MetricConfig
+from defectlab.registry import DEFAULT_PROMOTION_METRIC
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
 
@@ -24,9 +25,14 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from defectlab.metric_learning import NonFiniteLossError
     from defectlab.models import WeightsUnavailableError
     from defectlab.tracking import TrackingUnavailableError
+    from defectlab.detector import DetectorUnavailableError
+    from defectlab.registry import RegistryError
+    from defectlab.comparison import ComparisonError
+    from defectlab.tracking import ExperimentNotFoundError
 
     return EXPECTED_ERRORS + (
         DatasetError, WeightsUnavailableError, TrackingUnavailableError, NonFiniteLossError,
+        DetectorUnavailableError, RegistryError, ComparisonError, ExperimentNotFoundError,
     )
 
 
@@ -71,30 +77,35 @@ def main(verbose: bool) -> None:
 @config_options(MetricConfig)
 def metric(**options) -> None:
     """Train L2-softmax metric learning on one category, score with LOF, log everything."""
-    from defectlab.experiment import run_metric
+    from defectlab.experiment import run_metric, run_repeated
 
     config = MetricConfig(**options)
-    result = run_reporting_errors(run_metric, config)
-    click.echo(
-        f"run {result.run_id}: test_image_auroc={result.metrics['test_image_auroc']:.4f} "
-        f"test_tpr_tnr_best={result.metrics['test_tpr_tnr_best']:.4f}"
-    )
-    if result.model_version:
-        click.echo(f"registered {config.register_as} version {result.model_version}")
+    echo_training_results(config, run_reporting_errors(run_repeated, config, run_metric))
+
+
+def echo_training_results(config, results) -> None:
+    """One line per training run (one per seed with ``repeats``), plus any registered version."""
+    for result in results:
+        click.echo(
+            f"run {result.run_id}: test_image_auroc={result.metrics['test_image_auroc']:.4f} "
+            f"test_tpr_tnr_best={result.metrics['test_tpr_tnr_best']:.4f}"
+        )
+        if result.model_version:
+            click.echo(f"registered {config.register_as} version {result.model_version}")
 
 
 @main.command()
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write the dataset into.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the dataset into.")
 @click.option("--image-size", default=256, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--count-scale", default=1.0, show_default=True, type=float, help="Multiplies the per-category image counts.")
 @click.option("--category", "categories", multiple=True, help="Only these categories (repeatable); default all four.")
-def synth(out_dir: str, image_size: int, seed: int, count_scale: float, categories: tuple[str, ...]) -> None:
+def synth(out: str, image_size: int, seed: int, count_scale: float, categories: tuple[str, ...]) -> None:
     """Write the built-in synthetic MVTec-style dataset to a folder."""
     from defectlab.synthetic import SyntheticSpec, generate_dataset
 
     spec = SyntheticSpec(image_size=image_size, seed=seed, count_scale=count_scale)
-    root = run_reporting_errors(generate_dataset, out_dir, spec, list(categories) or None)
+    root = run_reporting_errors(generate_dataset, out, spec, list(categories) or None)
     click.echo(f"synthetic dataset written to {root}")
 
 
@@ -143,6 +154,52 @@ def baseline(data_dir: str, categories: tuple[str, ...], image_size: int, n_comp
         click.echo(
             f"{category:<12} {metrics['test_image_auroc']:>16.3f} {metrics['test_tpr_tnr_best']:>18.3f}"
         )
+
+
+
+@main.command()
+@config_options(EvaluateConfig)
+def evaluate(**options) -> None:
+    """Score a logged or registered detector on a dataset; log a run with the contract's metrics."""
+    from defectlab.experiment import run_evaluate
+
+    result = run_reporting_errors(run_evaluate, EvaluateConfig(**options))
+    click.echo(
+        f"run {result.run_id}: {result.detector_uri} test_image_auroc="
+        f"{result.metrics['test_image_auroc']:.4f} test_tpr_tnr_best={result.metrics['test_tpr_tnr_best']:.4f}"
+    )
+
+
+@main.command()
+@click.option("--model-name", required=True, help="Registered model name, e.g. defectlab-metric-carpet.")
+@click.option("--metric", default=DEFAULT_PROMOTION_METRIC, show_default=True, help="Run metric the versions are compared on.")
+@click.option("--version", default="", show_default=True, help="Candidate version; empty: the newest.")
+@click.option("--higher-is-better", type=click.BOOL, default=True, show_default=True, help="false for metrics such as a loss.")
+def promote(model_name: str, metric: str, version: str, higher_is_better: bool) -> None:
+    """Move the alias champion to a version, only if it beats the current champion (exit 0 either way)."""
+    from defectlab.registry import promote as promote_version
+
+    decision = run_reporting_errors(
+        promote_version, model_name, metric=metric, version=version or None,
+        higher_is_better=higher_is_better,
+    )
+    click.echo(decision.summary())
+
+
+@main.command()
+@click.option("--experiment", required=True, help="Name of the MLflow experiment whose finished runs are compared.")
+@click.option("--out", default="comparison", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the tables and figures (also logged as artifacts of the compare run).")
+def compare(experiment: str, out: str) -> None:
+    """The article's comparison (box plots, mean ± std table, published numbers) from finished runs."""
+    from defectlab.comparison import compare_experiment
+
+    result = run_reporting_errors(compare_experiment, experiment, out)
+    measured = result.table[result.table["n"] > 0]
+    click.echo(
+        f"compare run {result.run_id}: {len(measured)} of {len(result.table)} (group, category, method) "
+        f"cells have runs; report written to {result.out_dir}"
+    )
 
 
 if __name__ == "__main__":

@@ -104,6 +104,40 @@ class SSIMConfig:
             raise ConfigError(f"loss must be one of {', '.join(SSIM_LOSSES)}, got {self.loss!r}")
 
 
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Scoring a logged or registered detector on one category (``defectlab evaluate``).
+
+    ``image_size`` 0 means the detector's own size; the detector always scores
+    at its own size, ``image_size`` only sets the size of the images in the
+    ranked grids. ``batch_size`` is how many images go through the detector's
+    ``predict`` at a time.
+    """
+
+    model_uri: str = ""
+    category: str = "carpet"
+    data_dir: str = "synthetic"
+    image_size: int = 0
+    batch_size: int = 64
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first invalid setting."""
+        if not self.model_uri:
+            raise ConfigError(
+                "model_uri is required, e.g. models:/defectlab-metric-carpet@champion or runs:/<run_id>/detector"
+            )
+        if not self.category:
+            raise ConfigError("category must not be empty")
+        if self.image_size != 0 and self.image_size < MIN_IMAGE_SIZE:
+            raise ConfigError(
+                f"image_size must be 0 (the detector's own) or at least {MIN_IMAGE_SIZE} pixels, "
+                f"got {self.image_size}"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
 def _validate_common(config) -> None:
     if not config.category:
         raise ConfigError("category must not be empty")
@@ -123,6 +157,64 @@ def _validate_common(config) -> None:
         raise ConfigError(f"learning_rate must be positive, got {config.learning_rate}")
     if config.repeats < 1:
         raise ConfigError(f"repeats must be at least 1, got {config.repeats}")
+
+
+TUNE_METHODS = ("metric", "ssim")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """An Optuna study over one method's training settings (``defectlab tune``).
+
+    The training settings held fixed are a `MetricConfig` or `SSIMConfig`
+    passed beside this one; ``category``, ``data_dir`` and ``seed`` here are
+    also theirs. ``timeout`` 0 means no time limit; ``pruning_interval`` is the
+    number of epochs between intermediate validation scores (0: no pruning).
+    A worker that stops sending heartbeats for ``grace_period`` seconds has
+    its trial marked failed and retried by the next worker that looks.
+    """
+
+    method: str = "metric"
+    category: str = "carpet"
+    data_dir: str = "synthetic"
+    n_trials: int = 20
+    timeout: float = 0.0
+    storage: str = "sqlite:///optuna.db"
+    study_name: str = ""
+    search_space: str = ""
+    seed: int = 0
+    pruning_interval: int = 5
+    heartbeat_interval: int = 60
+    grace_period: int = 180
+
+    @property
+    def resolved_study_name(self) -> str:
+        """``study_name``, or ``<method>-<category>`` when it is empty."""
+        return self.study_name or f"{self.method}-{self.category}"
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first invalid setting."""
+        if self.method not in TUNE_METHODS:
+            raise ConfigError(f"method must be one of {', '.join(TUNE_METHODS)}, got {self.method!r}")
+        if not self.category:
+            raise ConfigError("category must not be empty")
+        if self.n_trials < 1:
+            raise ConfigError(f"n_trials must be at least 1, got {self.n_trials}")
+        if self.timeout < 0:
+            raise ConfigError(f"timeout must be 0 (no limit) or a number of seconds, got {self.timeout}")
+        if not self.storage:
+            raise ConfigError("storage must be a SQLAlchemy URL, e.g. sqlite:///optuna.db")
+        if self.pruning_interval < 0:
+            raise ConfigError(
+                f"pruning_interval must be 0 (no pruning) or a number of epochs, got {self.pruning_interval}"
+            )
+        if self.heartbeat_interval < 1:
+            raise ConfigError(f"heartbeat_interval must be at least 1 second, got {self.heartbeat_interval}")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ConfigError(
+                f"grace_period ({self.grace_period} s) must exceed heartbeat_interval "
+                f"({self.heartbeat_interval} s), or live workers' trials would be failed"
+            )
 
 
 def config_defaults(config_class) -> dict:

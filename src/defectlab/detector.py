@@ -198,3 +198,46 @@ def detector_signature_and_example(image_size: int, grayscale: bool):
 def bundle_to_local_detector(bundle_dir: Path) -> DefectDetector:
     """A `DefectDetector` straight from a bundle folder, without MLflow."""
     return DefectDetector().load_bundle(Path(bundle_dir))
+
+
+class DetectorUnavailableError(RuntimeError):
+    """A logged or registered detector cannot be loaded from its URI."""
+
+
+def load_logged_detector(model_uri: str):
+    """Load a logged ``detector`` pyfunc and its bundle description.
+
+    Parameters
+    ----------
+    model_uri : str
+        ``models:/<name>@champion``, ``models:/<name>/<version>``, ``runs:/<run_id>/detector``...
+
+    Returns
+    -------
+    pyfunc_model : mlflow.pyfunc.PyFuncModel
+        Its ``predict`` is the path the scoring server takes (signature enforcement, decoding).
+    bundle_config : dict
+        ``detector.json`` of the bundle: ``method``, ``image_size``, ``grayscale``,
+        ``threshold`` (``score > threshold`` is flagged) and the method's own entries.
+    """
+    try:
+        pyfunc_model = mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as error:
+        raise DetectorUnavailableError(f"cannot load detector {model_uri}: {error.message}") from None
+    except OSError as error:
+        raise DetectorUnavailableError(f"cannot load detector {model_uri}: {error}") from None
+    try:
+        python_model = pyfunc_model.unwrap_python_model()
+    except MlflowException:
+        python_model = None  # another flavor (e.g. the Keras ``model``), not a detector pyfunc
+    if not isinstance(python_model, DefectDetector):
+        raise DetectorUnavailableError(
+            f"{model_uri} is not a defectlab detector (its python model is a "
+            f"{type(python_model).__name__})"
+        )
+    return pyfunc_model, dict(python_model.bundle_config)
+
+
+def bundle_ensemble_size(bundle_config: dict) -> int:
+    """Members of a detector bundle (1 for a single network)."""
+    return len(bundle_config.get("members", [])) or 1

@@ -8,14 +8,18 @@ call. The method-specific part (training and scoring) is in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from defectlab import data, evaluation, tracking
-from defectlab.config import MetricConfig
+from defectlab.config import EvaluateConfig, MetricConfig
 
 logger = logging.getLogger(__name__)
 
@@ -187,4 +191,109 @@ def run_pixel_baseline(
         scored = evaluation.scored_rows(dataset.table)
         scores = scorer.score_samples(dataset.images[scored])
         results[category] = evaluation.evaluate(dataset.table[scored], scores).metrics
+    return results
+
+
+def score_image_files(pyfunc_model, paths: list[str], batch_size: int) -> np.ndarray:
+    """Scores of image files through a detector pyfunc's ``predict``, ``batch_size`` files at a time.
+
+    The files go in as paths in the ``image`` column, so they are decoded and
+    resized exactly as a served request's images are.
+    """
+    from defectlab.detector import IMAGE_COLUMN
+
+    scores = [
+        pyfunc_model.predict(pd.DataFrame({IMAGE_COLUMN: paths[start:start + batch_size]}))["score"]
+        for start in range(0, len(paths), batch_size)
+    ]
+    return np.concatenate([np.asarray(batch, dtype=np.float64) for batch in scores])
+
+
+def evaluation_tags(config: EvaluateConfig, bundle_config: dict, dataset: data.CategoryData) -> dict:
+    from defectlab.detector import bundle_ensemble_size
+
+    return {
+        "method": bundle_config["method"],
+        "category": config.category,
+        "dataset": dataset.dataset_name,
+        "ensemble_size": bundle_ensemble_size(bundle_config),
+        "image_size": bundle_config["image_size"],
+        "evaluated_model": config.model_uri,
+    }
+
+
+def run_evaluate(config: EvaluateConfig, run_name: str | None = None) -> RunResult:
+    """Score a logged or registered detector on one category and log a run like a training run's.
+
+    The detector's own threshold is used (not one re-chosen on this data), so
+    ``test_tpr_at_val_threshold``/``test_tnr_at_val_threshold`` say how the
+    deployed detector does. Metrics, ``scores.csv``, plots and ranked grids go
+    through the same `evaluation.evaluate` and `tracking.log_evaluation` as training.
+    """
+    from defectlab.detector import load_logged_detector
+
+    config.validate()
+    tracking.check_tracking_server()
+    pyfunc_model, bundle_config = load_logged_detector(config.model_uri)
+    dataset = data.load_category(
+        config.data_dir, config.category, config.image_size or bundle_config["image_size"],
+        grayscale=bundle_config["grayscale"], seed=config.seed,
+    )
+    scored = evaluation.scored_rows(dataset.table)
+    scored_table = dataset.table[scored]
+
+    with tracking.training_run(
+        config, evaluation_tags(config, bundle_config, dataset), run_name=run_name
+    ) as run:
+        with tracking.Stopwatch() as score_watch:
+            scores = score_image_files(pyfunc_model, scored_table["path"].tolist(), config.batch_size)
+        result = evaluation.evaluate(scored_table, scores, threshold=bundle_config["threshold"])
+        result.metrics["score_seconds"] = score_watch.seconds
+        tracking.log_evaluation(result, dataset.images[scored])
+        return RunResult(
+            run_id=run.info.run_id, metrics=dict(result.metrics), detector_uri=config.model_uri
+        )
+
+
+def repeat_parent_tags(config) -> dict:
+    """Tags of the parent run of ``repeats``: enough to find it, no metrics of its own."""
+    return {
+        "method": config.method,
+        "category": config.category,
+        "dataset": data.dataset_name(data.resolve_data_root(config.data_dir)),
+        "repeats": config.repeats,
+    }
+
+
+def run_repeated(config, run_function, run_name: str | None = None) -> list[RunResult]:
+    """Run ``run_function`` ``config.repeats`` times with seeds ``seed`` .. ``seed + repeats - 1``.
+
+    With ``repeats == 1`` this is exactly ``run_function(config, run_name=run_name)``
+    (one run, no parent). Otherwise one parent run (tags ``method``,
+    ``category``, ``dataset``, ``repeats``; the config as params) holds one
+    nested sibling run per seed, each an ordinary training run with
+    ``repeats=1``, so ``compare`` finds the metrics on the children. A failing
+    child ends the parent FAILED too.
+
+    Parameters
+    ----------
+    config : MetricConfig or SSIMConfig
+    run_function : callable
+        ``run_function(config, run_name=..., nested=...) -> RunResult``, e.g. `run_metric`.
+
+    Returns
+    -------
+    list of RunResult
+        One per seed, in seed order.
+    """
+    if config.repeats == 1:
+        return [run_function(config, run_name=run_name)]
+    # Checked before the parent run exists, so bad settings leave no empty parent behind.
+    config.validate()
+    tracking.check_tracking_server()
+    results = []
+    with tracking.training_run(config, repeat_parent_tags(config), run_name=run_name):
+        for seed in range(config.seed, config.seed + config.repeats):
+            repeat_config = dataclasses.replace(config, seed=seed, repeats=1)
+            results.append(run_function(repeat_config, run_name=f"seed {seed}", nested=True))
     return results
