@@ -104,3 +104,74 @@ RANKED_TITLES = {
     "hard_defects": "Least anomalous defect images (hardest to find)",
     "false_alarms": "Most anomalous good images (false alarms)",
 }
+
+
+REFERENCE_LINE_STYLES = ("--", "-.", ":", (0, (5, 1, 1, 1)), (0, (3, 1, 1, 1, 1, 1)))
+
+
+def comparison_boxplot_figure(
+    values_by_method: dict[str, list[float]],
+    reference_lines: list[tuple[str, float]],
+    title: str,
+    value_label: str,
+    value_range: tuple[float, float],
+    notes: list[str] | None = None,
+) -> Figure:
+    """Box plot of one metric over repeated runs, one box per method, with named reference lines.
+
+    Parameters
+    ----------
+    values_by_method : dict of {method label: list of float}
+        The metric of every run of each method, in display order. A method
+        with no values is drawn as the text "missing (no runs)", never as zero.
+    reference_lines : list of (label, value)
+        Published numbers, each a horizontal line named in the legend.
+    title, value_label : str
+        Figure title and y-axis label.
+    value_range : (float, float)
+        Fixed y-axis range (the metric's possible range), so figures compare at a glance.
+    notes : list of str, optional
+        Caveats printed under the axes (missing methods, unconfirmed references).
+    """
+    method_labels = list(values_by_method)
+    positions = np.arange(1, len(method_labels) + 1)
+    figure, axes = plt.subplots(figsize=(9, 5.5))
+    for position, label in zip(positions, method_labels):
+        values = np.asarray(values_by_method[label], dtype=np.float64)
+        if values.size == 0:
+            axes.text(position, np.mean(value_range), "missing\n(no runs)", ha="center",
+                      va="center", color="dimgray", fontsize=10, style="italic")
+            continue
+        axes.boxplot(values, positions=[position], widths=0.5, showmeans=True, manage_ticks=False)
+        # Repeats are few: show every run, spread sideways so equal values stay visible.
+        offsets = np.linspace(-0.12, 0.12, values.size) if values.size > 1 else np.zeros(1)
+        axes.scatter(position + offsets, values, s=18, color="tab:blue", alpha=0.7, zorder=3)
+    axes.set_xticks(positions, [
+        f"{label}\n(n={len(values_by_method[label])})" for label in method_labels
+    ])
+    axes.set_xlim(0.4, len(method_labels) + 0.6)
+    for line_index, (label, value) in enumerate(reference_lines):
+        axes.axhline(
+            value, color=plt.cm.tab10((line_index + 1) % 10),
+            linestyle=REFERENCE_LINE_STYLES[line_index % len(REFERENCE_LINE_STYLES)],
+            linewidth=1.5, label=f"{label}: {value:.2f}",
+        )
+    axes.set_ylim(*value_range)
+    axes.set_ylabel(value_label)
+    axes.set_xlabel("method (box: runs over repeats; triangle: mean)")
+    axes.set_title(title)
+    axes.grid(axis="y", alpha=0.3)
+    if reference_lines:
+        axes.legend(title="published", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    if notes:
+        figure.text(0.01, 0.01, "\n".join(notes), fontsize=8, va="bottom", wrap=True)
+    figure.tight_layout(rect=(0, 0.04 + 0.035 * len(notes or []), 1, 1))
+    return figure
+
+
+def save_figure(figure: Figure, path, dpi: int = 110) -> None:
+    """Write a figure as a PNG file and free it."""
+    try:
+        figure.savefig(path, dpi=dpi)
+    finally:
+        plt.close(figure)

@@ -74,10 +74,21 @@ def training_run(config, tags: dict, run_name: str | None = None, nested: bool =
     An exception inside the block ends the run FAILED (KILLED for Ctrl-C) with
     the reason in the tag ``failure_reason``, then propagates.
     """
+    with tracked_run(dataclasses.asdict(config), tags, run_name=run_name, nested=nested) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def tracked_run(params: dict, tags: dict, run_name: str | None = None, nested: bool = False):
+    """Start (or join, under ``mlflow run``) a run, log ``params`` and ``tags``, and close it.
+
+    The same life cycle as `training_run` for runs that have no config
+    dataclass (e.g. the ``compare`` report): FINISHED on success, FAILED (KILLED
+    for Ctrl-C) with the tag ``failure_reason`` on an exception, which propagates.
+    """
     run = mlflow.start_run(run_name=run_name, nested=nested)
     try:
-        params = {key: _param_value(value) for key, value in dataclasses.asdict(config).items()}
-        mlflow.log_params(params)
+        mlflow.log_params({key: _param_value(value) for key, value in params.items()})
         mlflow.set_tags({key: str(value) for key, value in tags.items()})
         yield run
     except BaseException as error:
@@ -228,3 +239,123 @@ class Stopwatch:
     def __exit__(self, *exc_info):
         self.seconds = time.perf_counter() - self.start
         return False
+
+
+class ExperimentNotFoundError(LookupError):
+    """No MLflow experiment has the given name."""
+
+
+def search_experiment_runs(experiment_name: str):
+    """Every (not deleted) run of one experiment, as ``mlflow.search_runs``'s pandas frame.
+
+    Runs of every status are returned: the caller needs the unfinished ones
+    too, to recognise parents whose children did not all finish.
+    """
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise ExperimentNotFoundError(
+            f"no MLflow experiment named {experiment_name!r} at {tracking_uri()}"
+        )
+    return mlflow.search_runs(
+        experiment_ids=[experiment.experiment_id], output_format="pandas"
+    )
+
+
+def log_artifacts(folder: Path, artifact_path: str | None = None) -> None:
+    """Log every file under ``folder`` as artifacts of the active run."""
+    mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
+
+def use_experiment_for_new_runs(experiment_name: str) -> None:
+    """Log the next new run into ``experiment_name`` (created if needed).
+
+    Under ``mlflow run`` the run already exists (``MLFLOW_RUN_ID``) in the
+    experiment ``mlflow run`` chose, and MLflow refuses to join it under another
+    active experiment, so then this does nothing.
+    """
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return
+    mlflow.set_experiment(experiment_name)
+
+
+# Tuning: a parent run per study invocation, one nested run per trial (see defectlab.tuning).
+
+def prepare_tracking_store(attempts: int = 5, backoff_seconds: float = 0.5) -> None:
+    """Open the tracking store once, retrying while concurrent processes create it.
+
+    Several ``defectlab tune`` workers started together on a new SQLite store
+    race to create its tables (one sees "table already exists" half-way); the
+    loser only has to try again once the winner is done.
+    """
+    check_tracking_server()
+    for attempt in range(1, attempts + 1):
+        try:
+            mlflow.search_experiments(max_results=1)
+            return
+        except Exception:
+            if attempt == attempts:
+                raise
+            time.sleep(backoff_seconds * attempt)
+
+
+def log_params(params: dict) -> None:
+    mlflow.log_params({key: _param_value(value) for key, value in params.items()})
+
+
+def log_table(frame, artifact_path: str) -> None:
+    """Log a pandas frame as a CSV artifact of the active run."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / Path(artifact_path).name
+        frame.to_csv(path, index=False)
+        directory = str(Path(artifact_path).parent)
+        mlflow.log_artifact(str(path), artifact_path=None if directory == "." else directory)
+
+
+def log_dict(dictionary: dict, artifact_path: str) -> None:
+    """Log a dict as a JSON or YAML artifact (by the file's suffix)."""
+    mlflow.log_dict(dictionary, artifact_path)
+
+
+def log_text(text: str, artifact_path: str) -> None:
+    mlflow.log_text(text, artifact_path)
+
+
+def set_run_tags(run_id: str, tags: dict) -> None:
+    """Set tags on any run by id (also one that has ended)."""
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
+def end_run_by_id(run_id: str, status: str, tags: dict) -> None:
+    """Tag a run and end it with ``status`` (for the run of a worker that died)."""
+    set_run_tags(run_id, tags)
+    mlflow.MlflowClient().set_terminated(run_id, status)
+
+
+def child_run_ids(parent_run_id: str, started_after_ms: int) -> list[str]:
+    """Ids of the nested runs of ``parent_run_id`` that started at or after ``started_after_ms``."""
+    parent = mlflow.get_run(parent_run_id)
+    runs = mlflow.MlflowClient().search_runs(
+        [parent.info.experiment_id],
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{parent_run_id}' "
+            f"and attributes.start_time >= {int(started_after_ms)}"
+        ),
+    )
+    return [run.info.run_id for run in runs]
+
+
+def record_failed_run(params: dict, tags: dict, reason: str, run_name: str | None = None,
+                      nested: bool = True) -> str:
+    """A run that only records a failure that happened before its training run could start.
+
+    Returns the run id. The run ends FAILED with the tag ``failure_reason``.
+    """
+    run = mlflow.start_run(run_name=run_name, nested=nested)
+    try:
+        log_params(params)
+        mlflow.set_tags({key: str(value) for key, value in {**tags, "failure_reason": reason[:5000]}.items()})
+    finally:
+        mlflow.end_run(status="FAILED")
+    return run.info.run_id

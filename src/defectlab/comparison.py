@@ -1,0 +1,418 @@
+"""The article's comparison, rebuilt from finished MLflow training runs.
+
+`compare_experiment` (``defectlab compare``, ``mlflow run . -e compare``)
+reads every run of one experiment and keeps the FINISHED training runs: runs
+tagged ``method`` ``ssim_ae`` or ``l2_softmax`` that are not the parent of
+other runs (the children of a ``repeats`` or tuning parent carry the metrics)
+nor ``evaluate`` runs (tag ``evaluated_model``); ``compare`` runs have
+``method=compare``. It writes:
+
+- ``figures/<dataset>-<size>px/<category>-<metric>.png``: per category, box
+  plots of ``test_tpr_tnr_best`` and ``test_image_auroc`` over repeats for SSIM
+  AE, L2-softmax and the L2-softmax ensemble, with the published numbers of
+  ``published_results.json`` drawn as named reference lines;
+- ``comparison.csv``: mean, std, n, seeds and run ids per group, category and method;
+- ``published.csv``: the published numbers with their sources, and a row
+  "not confirmed" for each value that could not be confirmed;
+- ``comparison.html``: both tables, the notes and the figures on one page;
+
+and logs that folder as the artifacts of a ``compare`` run (tag ``method=compare``).
+
+Groups: runs on different datasets or image sizes are never pooled. Every
+(dataset, image_size) pair found is its own group, labelled e.g.
+``synthetic, 64 px``, with its own table rows and figures folder.
+
+Missing data: a method or category with no runs is reported as missing (an
+empty slot with a note in the figure, ``missing`` in the tables), never as zero.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from defectlab import report, tracking
+
+ARTICLE_CATEGORIES = ("carpet", "leather", "cable", "capsule")
+TRAINING_METHODS = ("ssim_ae", "l2_softmax")
+COMPARE_METHOD_TAG = "compare"
+MISSING = "missing"
+
+# Metric key -> (axis label, fixed axis range: the metric's possible values).
+COMPARED_METRICS = {
+    "test_tpr_tnr_best": ("TPR + TNR at the best threshold (test split)", (0.0, 2.05)),
+    "test_image_auroc": ("image-level AUROC (test split)", (0.0, 1.02)),
+}
+
+SSIM_AE_LABEL = "SSIM AE"
+L2_SOFTMAX_LABEL = "L2-softmax"
+ENSEMBLE_LABEL = "L2-softmax ensemble"
+
+TABLE_FILE = "comparison.csv"
+PUBLISHED_FILE = "published.csv"
+HTML_FILE = "comparison.html"
+FIGURES_DIR = "figures"
+
+
+class ComparisonError(ValueError):
+    """The runs cannot make a comparison (e.g. the experiment holds no finished training run)."""
+
+
+@dataclass(frozen=True)
+class ComparisonResult:
+    """What ``compare`` produced: the ``compare`` run, the report folder, the measured table."""
+
+    run_id: str
+    out_dir: Path
+    table: pd.DataFrame
+    figure_paths: list[Path]
+
+
+# Published numbers
+
+
+def load_published_results() -> dict:
+    """The published numbers shipped with the package (``published_results.json``)."""
+    text = resources.files("defectlab").joinpath("published_results.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def published_table(published: dict) -> pd.DataFrame:
+    """One row per published number, plus a ``not confirmed`` row per value left out."""
+    sources = published["sources"]
+    rows = [
+        {
+            "category": entry["category"],
+            "metric": entry["metric"],
+            "method": entry["method"],
+            "value": f"{entry['value']:.2f}",
+            "source": sources[entry["source"]]["citation"],
+            "note": sources[entry["source"]]["note"],
+        }
+        for entry in published["results"]
+    ]
+    rows += [
+        {
+            "category": entry["category"],
+            "metric": entry["metric"],
+            "method": f"all methods of {sources[entry['source']]['label']}",
+            "value": "not confirmed",
+            "source": sources[entry["source"]]["citation"],
+            "note": entry["reason"],
+        }
+        for entry in published["not_confirmed"]
+    ]
+    return pd.DataFrame(rows, columns=["category", "metric", "method", "value", "source", "note"])
+
+
+def reference_lines(published: dict, category: str, metric: str) -> list[tuple[str, float]]:
+    """(legend label, value) of every published number for one category and metric."""
+    sources = published["sources"]
+    return [
+        (f"{entry['method']} ({sources[entry['source']]['label']})", float(entry["value"]))
+        for entry in published["results"]
+        if entry["category"] == category and entry["metric"] == metric
+    ]
+
+
+def unconfirmed_notes(published: dict, category: str, metric: str) -> list[str]:
+    """One line per published value that is left out for this category and metric."""
+    sources = published["sources"]
+    return [
+        f"{sources[entry['source']]['label']} values for {category}: not confirmed, no line drawn."
+        for entry in published["not_confirmed"]
+        if entry["category"] == category and entry["metric"] == metric
+    ]
+
+
+# Runs
+
+
+def method_label(method: str, ensemble_size: int) -> str:
+    """Display name of a training run's method: the ensemble's size is part of its name."""
+    if method == "ssim_ae":
+        return SSIM_AE_LABEL
+    if method == "l2_softmax":
+        return L2_SOFTMAX_LABEL if ensemble_size == 1 else f"{ENSEMBLE_LABEL} of {ensemble_size}"
+    raise ComparisonError(f"not a training method: {method!r} (expected one of {TRAINING_METHODS})")
+
+
+def _column(runs: pd.DataFrame, name: str) -> pd.Series:
+    """A column of a ``search_runs`` frame, all-missing when no run has that key."""
+    if name in runs.columns:
+        return runs[name]
+    return pd.Series([None] * len(runs), index=runs.index, dtype=object)
+
+
+def _tag_or_param(runs: pd.DataFrame, key: str) -> pd.Series:
+    """Tag ``key`` where set, else param ``key`` (e.g. ``image_size`` is both)."""
+    return _column(runs, f"tags.{key}").where(
+        _column(runs, f"tags.{key}").notna(), _column(runs, f"params.{key}")
+    )
+
+
+def training_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The finished leaf training runs of a ``search_runs`` frame, and notes on what was left out.
+
+    Returns
+    -------
+    training : pandas.DataFrame
+        One row per run: ``run_id``, ``dataset``, ``image_size`` (int),
+        ``category``, ``method`` (display label, see `method_label`), ``seed``
+        and the `COMPARED_METRICS`.
+    notes : list of str
+        Why runs that look like training runs were not used.
+    """
+    columns = ["run_id", "dataset", "image_size", "category", "method", "seed", *COMPARED_METRICS]
+    if runs.empty:
+        return pd.DataFrame(columns=columns), []
+    parent_run_ids = set(_column(runs, "tags.mlflow.parentRunId").dropna())
+    repeats = pd.to_numeric(_column(runs, "tags.repeats"), errors="coerce").fillna(1)
+    # `evaluate` runs carry the detector's method tag too; their tag `evaluated_model` tells them apart.
+    is_training = _column(runs, "tags.method").isin(TRAINING_METHODS) & _column(
+        runs, "tags.evaluated_model"
+    ).isna()
+    is_parent = runs["run_id"].isin(parent_run_ids) | (repeats > 1)
+    is_finished = runs["status"] == "FINISHED"
+
+    notes = []
+    unfinished = runs[is_training & ~is_parent & ~is_finished]
+    if len(unfinished):
+        notes.append(
+            f"{len(unfinished)} training run(s) not FINISHED were left out: "
+            + ", ".join(f"{run_id} ({status})" for run_id, status in zip(unfinished["run_id"], unfinished["status"]))
+        )
+    candidates = runs[is_training & ~is_parent & is_finished]
+    metric_columns = {metric: _column(candidates, f"metrics.{metric}") for metric in COMPARED_METRICS}
+    image_sizes = pd.to_numeric(_tag_or_param(candidates, "image_size"), errors="coerce")
+    categories = _tag_or_param(candidates, "category")
+    complete = image_sizes.notna() & categories.notna()
+    for metric, values in metric_columns.items():
+        complete &= pd.to_numeric(values, errors="coerce").notna()
+    incomplete = candidates[~complete]
+    if len(incomplete):
+        notes.append(
+            f"{len(incomplete)} finished training run(s) lack a category, an image size or one of "
+            f"{', '.join(COMPARED_METRICS)} and were left out: {', '.join(incomplete['run_id'])}"
+        )
+    candidates = candidates[complete]
+    ensemble_sizes = pd.to_numeric(_tag_or_param(candidates, "ensemble_size"), errors="coerce")
+    ensemble_sizes = ensemble_sizes.fillna(pd.to_numeric(_column(candidates, "params.ensemble"), errors="coerce"))
+    training = pd.DataFrame({
+        "run_id": candidates["run_id"],
+        "dataset": _column(candidates, "tags.dataset").fillna("unknown dataset").astype(str),
+        "image_size": image_sizes[complete].astype(int),
+        "category": categories[complete].astype(str),
+        "method": [
+            method_label(method, int(size) if np.isfinite(size) else 1)
+            for method, size in zip(_column(candidates, "tags.method"), ensemble_sizes.fillna(1))
+        ],
+        "seed": pd.to_numeric(_column(candidates, "params.seed"), errors="coerce"),
+        **{metric: pd.to_numeric(values[complete]) for metric, values in metric_columns.items()},
+    }, columns=columns)
+    return training.reset_index(drop=True), notes
+
+
+def group_label(dataset: str, image_size: int) -> str:
+    """How a (dataset, image size) group is named in tables and titles."""
+    return f"{dataset}, {image_size} px"
+
+
+def group_folder(dataset: str, image_size: int) -> str:
+    """A file-system-safe folder name for a group."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset}-{image_size}px")
+
+
+def compared_categories(training: pd.DataFrame) -> list[str]:
+    """The article's four categories, then any other category that has runs."""
+    others = sorted(set(training["category"]) - set(ARTICLE_CATEGORIES))
+    return [*ARTICLE_CATEGORIES, *others]
+
+
+def compared_methods(group_runs: pd.DataFrame) -> list[str]:
+    """SSIM AE, L2-softmax, then each ensemble size with runs (or one empty ensemble slot)."""
+    ensembles = sorted(
+        (label for label in set(group_runs["method"]) if label.startswith(ENSEMBLE_LABEL)),
+        key=lambda label: int(label.rsplit(" ", 1)[-1]),
+    )
+    return [SSIM_AE_LABEL, L2_SOFTMAX_LABEL, *(ensembles or [ENSEMBLE_LABEL])]
+
+
+def summary_table(training: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sample std (n-1), n, seeds and run ids per group, category and method.
+
+    Every compared category and method of every group has a row; where there
+    are no runs, ``n`` is 0 and the statistics are NaN (written as ``missing``).
+    The std of a single run is NaN too: one run has no spread.
+    """
+    rows = []
+    for (dataset, image_size), group_runs in training.groupby(["dataset", "image_size"], sort=True):
+        for category in compared_categories(training):
+            for method in compared_methods(group_runs):
+                runs = group_runs[(group_runs["category"] == category) & (group_runs["method"] == method)]
+                runs = runs.sort_values("seed")
+                row = {
+                    "group": group_label(dataset, image_size),
+                    "dataset": dataset,
+                    "image_size": int(image_size),
+                    "category": category,
+                    "method": method,
+                    "n": len(runs),
+                }
+                for metric in COMPARED_METRICS:
+                    values = runs[metric].to_numpy(dtype=np.float64)
+                    row[f"{metric}_mean"] = float(np.mean(values)) if len(values) else np.nan
+                    row[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
+                row["seeds"] = " ".join(str(int(seed)) for seed in runs["seed"].dropna()) or np.nan
+                row["run_ids"] = " ".join(runs["run_id"]) or np.nan
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_mean_std(mean: float, std: float, count: int) -> str:
+    """``0.912 ± 0.013``; ``0.912 (one run)``; ``missing`` when there are no runs."""
+    if count == 0:
+        return MISSING
+    if count == 1:
+        return f"{mean:.3f} (one run)"
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+# Report
+
+
+def comparison_figures(training: pd.DataFrame, published: dict):
+    """Yield ``(relative path, Figure)``: one box plot per group, category and metric."""
+    for (dataset, image_size), group_runs in training.groupby(["dataset", "image_size"], sort=True):
+        methods = compared_methods(group_runs)
+        for category in compared_categories(training):
+            category_runs = group_runs[group_runs["category"] == category]
+            for metric, (value_label, value_range) in COMPARED_METRICS.items():
+                values_by_method = {
+                    method: category_runs.loc[category_runs["method"] == method, metric].tolist()
+                    for method in methods
+                }
+                notes = []
+                if category_runs.empty:
+                    notes.append(f"No finished runs for {category} in this group: every method missing.")
+                else:
+                    absent = [method for method, values in values_by_method.items() if not values]
+                    if absent:
+                        notes.append(f"Missing (no runs): {', '.join(absent)}.")
+                notes += unconfirmed_notes(published, category, metric)
+                lines = reference_lines(published, category, metric)
+                if lines:
+                    notes.append("Published lines were measured on real MVTec AD images.")
+                figure = report.comparison_boxplot_figure(
+                    values_by_method, lines,
+                    title=f"{category}: {metric} over repeats ({group_label(dataset, image_size)})",
+                    value_label=value_label, value_range=value_range, notes=notes,
+                )
+                yield f"{FIGURES_DIR}/{group_folder(dataset, image_size)}/{category}-{metric}.png", figure
+
+
+def _html_page(experiment_name: str, table: pd.DataFrame, published_rows: pd.DataFrame,
+               notes: list[str], figure_paths: list[str]) -> str:
+    shown = table[["group", "category", "method", "n"]].copy()
+    for metric in COMPARED_METRICS:
+        shown[metric + " (mean ± std)"] = [
+            format_mean_std(mean, std, count)
+            for mean, std, count in zip(table[f"{metric}_mean"], table[f"{metric}_std"], table["n"])
+        ]
+    shown["seeds"] = table["seeds"].fillna(MISSING)
+    shown["run ids"] = table["run_ids"].fillna(MISSING)
+    figure_items = "\n".join(
+        f'<figure><img src="{html.escape(path)}" alt="{html.escape(path)}" width="720">'
+        f"<figcaption>{html.escape(path)}</figcaption></figure>"
+        for path in figure_paths
+    )
+    note_items = "\n".join(f"<li>{html.escape(note)}</li>" for note in notes)
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>defectlab comparison: {html.escape(experiment_name)}</title>
+<style>body {{ font-family: sans-serif; margin: 2em; }} table {{ border-collapse: collapse; font-size: 0.9em; }}
+td, th {{ border: 1px solid #ccc; padding: 0.3em 0.6em; }} figure {{ display: inline-block; }}</style>
+</head><body>
+<h1>SSIM autoencoder vs L2-softmax: experiment {html.escape(experiment_name)}</h1>
+<h2>Notes</h2>
+<ul>
+{note_items}
+</ul>
+<h2>Measured: mean ± sample std over repeats</h2>
+{shown.to_html(index=False, escape=True)}
+<h2>Published numbers</h2>
+{published_rows.to_html(index=False, escape=True)}
+<h2>Figures</h2>
+{figure_items}
+</body></html>
+"""
+
+
+def write_report(training: pd.DataFrame, notes: list[str], out_dir: Path,
+                 experiment_name: str) -> tuple[pd.DataFrame, list[Path]]:
+    """Write the tables, figures and HTML page of a comparison into ``out_dir``.
+
+    Everything is written into a temporary folder first and moved into place
+    at the end, so a failure leaves no half-written report. Returns the
+    measured table and the figure paths.
+    """
+    published = load_published_results()
+    table = summary_table(training)
+    published_rows = published_table(published)
+    all_notes = [
+        "Runs are grouped by (dataset, image size); groups are never pooled.",
+        "A method or category without runs is shown as 'missing', never as zero.",
+        *(f"{source['label']}: {source['note']}" for source in published["sources"].values()),
+        *(f"{row.category} {row.metric}: {row.note}" for row in published_rows.itertuples() if row.value == "not confirmed"),
+        *notes,
+    ]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as staging_name:
+        staging = Path(staging_name)
+        figure_paths = []
+        for relative_path, figure in comparison_figures(training, published):
+            (staging / relative_path).parent.mkdir(parents=True, exist_ok=True)
+            report.save_figure(figure, staging / relative_path)
+            figure_paths.append(relative_path)
+        table.to_csv(staging / TABLE_FILE, index=False, na_rep=MISSING)
+        published_rows.to_csv(staging / PUBLISHED_FILE, index=False)
+        (staging / HTML_FILE).write_text(
+            _html_page(experiment_name, table, published_rows, all_notes, figure_paths), encoding="utf-8"
+        )
+        # Replace only what a report owns; a stale group's figures must not linger.
+        shutil.rmtree(out_dir / FIGURES_DIR, ignore_errors=True)
+        for entry in staging.iterdir():
+            shutil.move(str(entry), str(out_dir / entry.name))
+    return table, [out_dir / path for path in figure_paths]
+
+
+def compare_experiment(experiment_name: str, out_dir: str) -> ComparisonResult:
+    """Build the comparison of one experiment's runs, write it to ``out_dir`` and log it as a ``compare`` run."""
+    runs = tracking.search_experiment_runs(experiment_name)
+    training, notes = training_runs(runs)
+    if training.empty:
+        raise ComparisonError(
+            f"experiment {experiment_name!r} has no FINISHED training run (tag method "
+            f"{' or '.join(TRAINING_METHODS)}) with {' and '.join(COMPARED_METRICS)}; "
+            "train some first, e.g. `defectlab metric --repeats 3`"
+        )
+    table, figure_paths = write_report(training, notes, Path(out_dir), experiment_name)
+    tracking.use_experiment_for_new_runs(experiment_name)
+    with tracking.tracked_run(
+        params={"experiment": experiment_name, "out": out_dir, "compared_runs": len(training)},
+        tags={"method": COMPARE_METHOD_TAG, "compared_experiment": experiment_name},
+        run_name=COMPARE_METHOD_TAG,
+    ) as run:
+        tracking.log_artifacts(Path(out_dir))
+    return ComparisonResult(
+        run_id=run.info.run_id, out_dir=Path(out_dir), table=table, figure_paths=figure_paths
+    )
