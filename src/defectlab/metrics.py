@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 CONTRACT_IMAGE_METRICS = (
@@ -148,3 +149,92 @@ def image_metrics(
     if np.any(val):
         metrics["val_image_auroc"] = image_auroc(labels[val], scores[val])
     return metrics
+
+
+# Pixel-level metrics of anomaly maps (methods that localise defects)
+
+
+def _check_masks_and_maps(masks, anomaly_maps) -> tuple[np.ndarray, np.ndarray]:
+    masks = np.asarray(masks).astype(bool)
+    anomaly_maps = np.asarray(anomaly_maps, dtype=np.float64)
+    if masks.shape != anomaly_maps.shape:
+        raise MetricError(f"masks have shape {masks.shape} but anomaly maps {anomaly_maps.shape}")
+    if masks.ndim != 3:
+        raise MetricError(f"expected masks and maps of shape (n, height, width), got {masks.shape}")
+    if not np.all(np.isfinite(anomaly_maps)):
+        raise MetricError(f"{int(np.sum(~np.isfinite(anomaly_maps)))} anomaly map values are not finite")
+    if not masks.any() or masks.all():
+        raise MetricError("need both defect and defect-free pixels to compute a pixel metric")
+    return masks, anomaly_maps
+
+
+def pixel_auroc(masks, anomaly_maps) -> float:
+    """ROC AUC over every pixel of every image, defect pixels (mask True) positive.
+
+    Parameters
+    ----------
+    masks : array-like of bool, shape (n, height, width)
+        Ground truth; good images have all-False masks.
+    anomaly_maps : array-like of float, shape (n, height, width)
+        Higher = more anomalous.
+    """
+    masks, anomaly_maps = _check_masks_and_maps(masks, anomaly_maps)
+    return float(roc_auc_score(masks.ravel(), anomaly_maps.ravel()))
+
+
+def pro_curve(masks, anomaly_maps) -> tuple[np.ndarray, np.ndarray]:
+    """Per-region overlap (PRO) against the false positive rate, one point per distinct map value.
+
+    A region is a connected component (4-connected, ``scipy.ndimage.label``)
+    of one image's mask. At threshold ``t`` (``map > t`` flagged) the PRO is
+    the mean over all regions of the fraction of the region flagged; the false
+    positive rate is the fraction of defect-free pixels (of all images)
+    flagged. Returns ``(false_positive_rates, overlaps)``, both ascending,
+    starting at (0, 0).
+    """
+    masks, anomaly_maps = _check_masks_and_maps(masks, anomaly_maps)
+    # Each pixel's weight in the two sums: a defect pixel counts 1 / (region size x regions),
+    # a defect-free pixel 1 / (defect-free pixels).
+    overlap_weights = np.zeros(masks.shape, dtype=np.float64)
+    region_sizes = []
+    for image_index, mask in enumerate(masks):
+        regions, region_count = ndimage.label(mask)
+        for region_label in range(1, region_count + 1):
+            in_region = regions == region_label
+            region_sizes.append(int(in_region.sum()))
+            overlap_weights[image_index][in_region] = 1.0 / region_sizes[-1]
+    overlap_weights /= len(region_sizes)
+    false_positive_weights = (~masks).astype(np.float64) / np.sum(~masks)
+
+    # Lower the threshold one distinct value at a time (highest first).
+    order = np.argsort(-anomaly_maps.ravel(), kind="stable")
+    sorted_values = anomaly_maps.ravel()[order]
+    false_positive_rates = np.cumsum(false_positive_weights.ravel()[order])
+    overlaps = np.cumsum(overlap_weights.ravel()[order])
+    last_of_each_value = np.append(np.diff(sorted_values) != 0, True)
+    false_positive_rates = np.clip(false_positive_rates[last_of_each_value], 0.0, 1.0)
+    overlaps = np.clip(overlaps[last_of_each_value], 0.0, 1.0)
+    return np.concatenate([[0.0], false_positive_rates]), np.concatenate([[0.0], overlaps])
+
+
+def aupro(masks, anomaly_maps, max_fpr: float = 0.3) -> float:
+    """Area under the PRO curve up to ``max_fpr``, divided by ``max_fpr`` (MVTec AD's AU-PRO).
+
+    The curve (`pro_curve`) is integrated with the trapezoidal rule, linearly
+    interpolated at ``max_fpr``. 1.0 is perfect; a map unrelated to the masks
+    scores about ``max_fpr / 2``.
+    """
+    if not 0.0 < max_fpr <= 1.0:
+        raise MetricError(f"max_fpr must be in (0, 1], got {max_fpr}")
+    false_positive_rates, overlaps = pro_curve(masks, anomaly_maps)
+    # Points up to max_fpr, then the curve linearly interpolated at max_fpr.
+    first_beyond = int(np.searchsorted(false_positive_rates, max_fpr, side="right"))
+    if first_beyond == len(false_positive_rates):
+        overlap_at_max = float(overlaps[-1])
+    else:
+        left_x, right_x = false_positive_rates[first_beyond - 1], false_positive_rates[first_beyond]
+        left_y, right_y = overlaps[first_beyond - 1], overlaps[first_beyond]
+        overlap_at_max = float(left_y + (right_y - left_y) * (max_fpr - left_x) / (right_x - left_x))
+    curve_x = np.concatenate([false_positive_rates[:first_beyond], [max_fpr]])
+    curve_y = np.concatenate([overlaps[:first_beyond], [overlap_at_max]])
+    return float(np.trapezoid(curve_y, curve_x) / max_fpr)

@@ -1,0 +1,74 @@
+"""Pixel-level metrics on hand-computed cases: pixel AUROC and AU-PRO."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from defectlab import metrics
+
+# Two 1x4 images. Image 0 has one 2-pixel defect region; image 1 is good.
+# Sorted map values: 0.9 (defect), 0.6, 0.5, 0.4 (defect), 0.3, 0.2, 0.1, 0.0.
+TWO_IMAGE_MASKS = np.array([[[1, 1, 0, 0]], [[0, 0, 0, 0]]], dtype=bool)
+TWO_IMAGE_MAPS = np.array([[[0.9, 0.4, 0.5, 0.1]], [[0.2, 0.3, 0.6, 0.0]]])
+
+
+def test_pixel_auroc_hand_computed():
+    # 0.9 beats all 6 good pixels, 0.4 beats 4 of them: 10 of 12 pairs.
+    assert metrics.pixel_auroc(TWO_IMAGE_MASKS, TWO_IMAGE_MAPS) == pytest.approx(10 / 12)
+
+
+def test_pro_curve_hand_computed():
+    false_positive_rates, overlaps = metrics.pro_curve(TWO_IMAGE_MASKS, TWO_IMAGE_MAPS)
+    np.testing.assert_allclose(false_positive_rates, [0, 0, 1 / 6, 2 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1])
+    np.testing.assert_allclose(overlaps, [0, 0.5, 0.5, 0.5, 1, 1, 1, 1, 1])
+
+
+def test_aupro_hand_computed():
+    # PRO is 0.5 up to FPR 1/3, then 1.0.
+    assert metrics.aupro(TWO_IMAGE_MASKS, TWO_IMAGE_MAPS, max_fpr=0.3) == pytest.approx(0.5)
+    assert metrics.aupro(TWO_IMAGE_MASKS, TWO_IMAGE_MAPS, max_fpr=0.5) == pytest.approx(
+        (0.5 / 3 + 1.0 / 6) / 0.5
+    )
+
+
+def test_aupro_averages_regions_not_pixels():
+    # Regions of 3 pixels and 1 pixel; only the small one is found first.
+    masks = np.array([[[1, 1, 1, 0, 1, 0]]], dtype=bool)
+    maps = np.array([[[0.2, 0.2, 0.2, 0.5, 0.9, 0.0]]])
+    # PRO 0.5 (one region of two fully found) up to FPR 0.5, then 1.0.
+    assert metrics.aupro(masks, maps, max_fpr=0.3) == pytest.approx(0.5)
+    assert metrics.aupro(masks, maps, max_fpr=1.0) == pytest.approx(0.5 * 0.5 + 0.5 * 1.0)
+    # Pixel AUROC weights pixels instead: 3 defect pixels above 1 of 2 good ones, 1 above both.
+    assert metrics.pixel_auroc(masks, maps) == pytest.approx((3 * 0.5 + 1 * 1.0) / 4)
+
+
+def test_aupro_interpolates_at_max_fpr():
+    # One tie between a defect and a good pixel: the curve is the diagonal from (0,0) to (1,1).
+    masks = np.array([[[1, 0]]], dtype=bool)
+    maps = np.array([[[0.5, 0.5]]])
+    assert metrics.aupro(masks, maps, max_fpr=0.3) == pytest.approx(0.15)
+
+
+def test_perfect_map_scores_one():
+    masks = np.zeros((2, 8, 8), dtype=bool)
+    masks[0, 2:5, 2:5] = True
+    masks[1, 6:, 6:] = True
+    maps = masks.astype(float) + 0.01 * np.random.default_rng(0).random(masks.shape)
+    assert metrics.pixel_auroc(masks, maps) == 1.0
+    assert metrics.aupro(masks, maps) == pytest.approx(1.0)
+
+
+def test_pixel_metrics_need_both_pixel_classes():
+    maps = np.zeros((1, 2, 2))
+    with pytest.raises(metrics.MetricError, match="both defect and defect-free"):
+        metrics.pixel_auroc(np.zeros((1, 2, 2), dtype=bool), maps)
+    with pytest.raises(metrics.MetricError, match="both defect and defect-free"):
+        metrics.aupro(np.ones((1, 2, 2), dtype=bool), maps)
+
+
+def test_pixel_metrics_reject_mismatched_shapes_and_bad_max_fpr():
+    with pytest.raises(metrics.MetricError, match="shape"):
+        metrics.pixel_auroc(np.zeros((1, 2, 2), dtype=bool), np.zeros((1, 2, 3)))
+    with pytest.raises(metrics.MetricError, match="max_fpr"):
+        metrics.aupro(TWO_IMAGE_MASKS, TWO_IMAGE_MAPS, max_fpr=0.0)
