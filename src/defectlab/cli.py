@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from defectlab.config import ConfigError, EvaluateConfig, MetricConfig
+from defectlab.config import ConfigError, EvaluateConfig, MetricConfig, SSIMConfig
 from defectlab.registry import DEFAULT_PROMOTION_METRIC
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
@@ -81,6 +81,16 @@ def metric(**options) -> None:
 
     config = MetricConfig(**options)
     echo_training_results(config, run_reporting_errors(run_repeated, config, run_metric))
+
+
+@main.command()
+@config_options(SSIMConfig)
+def ssim(**options) -> None:
+    """Train the SSIM autoencoder on one category, score with its anomaly maps, log everything."""
+    from defectlab.experiment import run_repeated, run_ssim
+
+    config = SSIMConfig(**options)
+    echo_training_results(config, run_reporting_errors(run_repeated, config, run_ssim))
 
 
 def echo_training_results(config, results) -> None:

@@ -1,9 +1,10 @@
 """One tracked training run per method: validate, load, train, score, evaluate, log.
 
-``run_metric`` is what ``defectlab metric`` and ``mlflow run . -e metric``
-call. The method-specific part (training and scoring) is in
-``metric_learning``; the evaluation and logging are shared with every method
-(``evaluation`` and ``tracking``).
+``run_metric`` / ``run_ssim`` are what ``defectlab metric`` / ``defectlab ssim``
+(and ``mlflow run . -e metric`` / ``-e ssim``) call. The method-specific part
+(training and scoring) is in ``metric_learning`` and ``autoencoder``; the
+evaluation, logging, bundling and registering are one shared tail
+(`finish_training_run`, over ``evaluation`` and ``tracking``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from defectlab import data, evaluation, tracking
-from defectlab.config import EvaluateConfig, MetricConfig
+from defectlab.config import EvaluateConfig, MetricConfig, SSIMConfig
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,6 @@ def run_metric(config: MetricConfig, run_name: str | None = None, nested: bool =
     the dataset and its splits, the reference set, the weights, the tracking server.
     """
     from defectlab import metric_learning
-    from defectlab.detector import detector_signature_and_example, write_bundle
     from defectlab.models import embedding_model, resolve_backbone_weights
 
     # Checks that need no training
@@ -131,8 +131,7 @@ def run_metric(config: MetricConfig, run_name: str | None = None, nested: bool =
         scores = detector.combine(member_scores)
         score_seconds = time.perf_counter() - score_start
 
-        result = evaluation.evaluate(dataset.table[scored], scores)
-        cost_metrics = {
+        extra_metrics = {
             "train_seconds": train_seconds,
             "train_images_per_second": config.ensemble * config.epochs * training_images / train_seconds,
             "score_seconds": score_seconds,
@@ -140,28 +139,179 @@ def run_metric(config: MetricConfig, run_name: str | None = None, nested: bool =
         if config.ensemble > 1:
             for member_index, raw_scores in enumerate(member_scores):
                 member_result = evaluation.evaluate(dataset.table[scored], raw_scores)
-                cost_metrics[f"member_{member_index}_test_image_auroc"] = member_result.metrics[
+                extra_metrics[f"member_{member_index}_test_image_auroc"] = member_result.metrics[
                     "test_image_auroc"
                 ]
-        result.metrics.update(cost_metrics)
-        tracking.log_evaluation(result, scored_images)
+        return finish_training_run(
+            run, dataset.table[scored], scores, scored_images, extra_metrics,
+            detector=detector, keras_model=classifier, image_size=config.image_size,
+            grayscale=False, register_as=config.register_as,
+        )
 
-        tracking.log_keras_model(classifier)
-        with tempfile.TemporaryDirectory() as folder:
-            bundle_dir = write_bundle(
-                Path(folder) / "bundle", detector, detector.BUNDLE_METHOD,
-                config.image_size, grayscale=False, threshold=result.threshold,
+
+def finish_training_run(
+    run,
+    scored_table,
+    scores,
+    scored_images,
+    extra_metrics: dict,
+    detector,
+    keras_model,
+    image_size: int,
+    grayscale: bool,
+    register_as: str,
+    extra_figures=None,
+) -> RunResult:
+    """The tail every training method shares: evaluate, log, bundle the detector, register.
+
+    Parameters
+    ----------
+    run : mlflow.ActiveRun
+        The open training run.
+    scored_table : pandas.DataFrame
+        The scored rows (splits threshold/val/test), aligned with ``scores`` and ``scored_images``.
+    scores : numpy.ndarray of shape (n,)
+        Higher = more anomalous.
+    extra_metrics : dict
+        Method-specific metrics (cost, pixel metrics...) logged with the contract's.
+    detector
+        The scorer saved into the ``detector`` bundle (has ``BUNDLE_METHOD`` and ``save``).
+    keras_model : keras.Model
+        Logged as ``model``.
+    extra_figures : callable, optional
+        ``extra_figures(evaluation) -> {artifact_path: Figure}``, e.g. ``heatmaps/``.
+    """
+    from defectlab.detector import detector_signature_and_example, write_bundle
+
+    result = evaluation.evaluate(scored_table, scores)
+    result.metrics.update(extra_metrics)
+    tracking.log_evaluation(result, scored_images, extra_figures(result) if extra_figures else None)
+
+    tracking.log_keras_model(keras_model)
+    with tempfile.TemporaryDirectory() as folder:
+        bundle_dir = write_bundle(
+            Path(folder) / "bundle", detector, detector.BUNDLE_METHOD,
+            image_size, grayscale=grayscale, threshold=result.threshold,
+        )
+        signature, input_example = detector_signature_and_example(image_size, grayscale)
+        detector_info = tracking.log_detector(bundle_dir, signature, input_example)
+    model_version = None
+    if register_as:
+        model_version = tracking.register_model(detector_info.model_uri, register_as).version
+    return RunResult(
+        run_id=run.info.run_id,
+        metrics=dict(result.metrics),
+        detector_uri=detector_info.model_uri,
+        model_version=model_version,
+    )
+
+
+def ssim_tags(config: SSIMConfig, dataset: data.CategoryData, device: str) -> dict:
+    return {
+        "method": config.method,
+        "category": config.category,
+        "dataset": dataset.dataset_name,
+        "ensemble_size": 1,
+        "image_size": config.image_size,
+        "device": device,
+    }
+
+
+def pixel_metrics(scored_table, masks: np.ndarray, anomaly_maps: np.ndarray) -> dict:
+    """``test_pixel_auroc`` and ``test_aupro`` over the test images that have ground truth.
+
+    Good images count with their all-clear masks; defect images without a
+    mask file are left out (their defect pixels are unknown). Empty when no
+    test defect has a mask.
+    """
+    from defectlab import metrics
+
+    test = (scored_table["split"] == "test").to_numpy()
+    has_mask = scored_table["mask_path"].fillna("").astype(str).str.len().to_numpy() > 0
+    defect = scored_table["label"].to_numpy() == 1
+    if not np.any(test & defect & has_mask):
+        logger.info("no ground-truth masks among the test defects: pixel metrics skipped")
+        return {}
+    kept = test & (~defect | has_mask)
+    return {
+        "test_pixel_auroc": metrics.pixel_auroc(masks[kept], anomaly_maps[kept]),
+        "test_aupro": metrics.aupro(masks[kept], anomaly_maps[kept]),
+    }
+
+
+def ssim_heatmap_figures(result, detector, scored_images, anomaly_maps, masks) -> dict:
+    """``heatmaps/<ranking>.png``: input, reconstruction, map and mask of the ranked test images."""
+    from defectlab import report
+
+    test_positions = np.flatnonzero(result.test_rows())
+    test_table = result.scored_table.iloc[test_positions]
+    scores = test_table["score"].to_numpy()
+    rankings = report.ranked_indices(test_table["label"].to_numpy(), scores, count=report.HEATMAP_ROWS)
+    figures = {}
+    for ranking_name, indices in rankings.items():
+        rows = test_positions[indices]
+        figures[f"heatmaps/{ranking_name}.png"] = report.heatmap_figure(
+            scored_images[rows], detector.reconstruct(scored_images[rows]), anomaly_maps[rows],
+            masks[rows], scores[indices], test_table["defect_type"].to_numpy()[indices],
+            report.RANKED_TITLES[ranking_name],
+        )
+    return figures
+
+
+def run_ssim(config: SSIMConfig, run_name: str | None = None, nested: bool = False,
+             epoch_callbacks: list | None = None) -> RunResult:
+    """Train, score, evaluate and log one SSIM-autoencoder run.
+
+    Checked before training: the settings (including the image size against
+    the network's stride), the tracking server, the dataset, its splits and masks.
+    Besides the contract's image metrics the run logs ``test_pixel_auroc`` and
+    ``test_aupro`` (where masks exist) and ``heatmaps/``. The image score and the
+    decision rule behind ``test_*_at_val_threshold`` are described in
+    `defectlab.autoencoder`.
+    """
+    from defectlab import autoencoder
+    from defectlab.models import check_ssim_autoencoder_settings
+
+    # Checks that need no training
+    config.validate()
+    check_ssim_autoencoder_settings(config.image_size, config.latent_dim)
+    tracking.check_tracking_server()
+    dataset = data.load_category(
+        config.data_dir, config.category, config.image_size, grayscale=config.grayscale,
+        seed=config.seed,
+    )
+    scored = evaluation.scored_rows(dataset.table)
+    scored_table = dataset.table[scored]
+    masks = data.load_masks(scored_table, config.image_size)
+
+    with tracking.training_run(
+        config, ssim_tags(config, dataset, accelerator()), run_name=run_name, nested=nested
+    ) as run:
+        with tracking.Stopwatch() as train_watch:
+            trained_autoencoder, _ = autoencoder.train_ssim_autoencoder(
+                dataset.images_of("train"), config, seed=config.seed,
+                callbacks=[tracking.EpochMetricsLogger(), *(epoch_callbacks or [])],
             )
-            signature, input_example = detector_signature_and_example(config.image_size, False)
-            detector_info = tracking.log_detector(bundle_dir, signature, input_example)
-        model_version = None
-        if config.register_as:
-            model_version = tracking.register_model(detector_info.model_uri, config.register_as).version
-        return RunResult(
-            run_id=run.info.run_id,
-            metrics=dict(result.metrics),
-            detector_uri=detector_info.model_uri,
-            model_version=model_version,
+        detector = autoencoder.SSIMDetectorScorer(
+            trained_autoencoder, ssim_window=config.ssim_window,
+            min_defect_area=autoencoder.min_defect_area_for(config.image_size),
+        )
+        scored_images = dataset.images[scored]
+        with tracking.Stopwatch() as score_watch:
+            scores, anomaly_maps = detector.score_images_with_maps(scored_images)
+        extra_metrics = {
+            "train_seconds": train_watch.seconds,
+            "train_images_per_second": config.epochs * config.augment_to / train_watch.seconds,
+            "score_seconds": score_watch.seconds,
+            **pixel_metrics(scored_table, masks, anomaly_maps),
+        }
+        return finish_training_run(
+            run, scored_table, scores, scored_images, extra_metrics,
+            detector=detector, keras_model=trained_autoencoder, image_size=config.image_size,
+            grayscale=config.grayscale, register_as=config.register_as,
+            extra_figures=lambda result: ssim_heatmap_figures(
+                result, detector, scored_images, anomaly_maps, masks
+            ),
         )
 
 
