@@ -28,11 +28,12 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from defectlab.detector import DetectorUnavailableError
     from defectlab.registry import RegistryError
     from defectlab.comparison import ComparisonError
-    from defectlab.tracking import ExperimentNotFoundError
+    from defectlab.tracking import ArtifactStoreError, ExperimentNotFoundError, RunNotLoggedError
 
     return EXPECTED_ERRORS + (
         DatasetError, WeightsUnavailableError, TrackingUnavailableError, NonFiniteLossError,
         DetectorUnavailableError, RegistryError, ComparisonError, ExperimentNotFoundError,
+        ArtifactStoreError, RunNotLoggedError,
     )
 
 

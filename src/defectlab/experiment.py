@@ -10,6 +10,7 @@ evaluation, logging, bundling and registering are one shared tail
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tempfile
 import time
@@ -145,7 +146,7 @@ def run_metric(config: MetricConfig, run_name: str | None = None, nested: bool =
         return finish_training_run(
             run, dataset.table[scored], scores, scored_images, extra_metrics,
             detector=detector, keras_model=classifier, image_size=config.image_size,
-            grayscale=False, register_as=config.register_as,
+            grayscale=False, register_as=config.register_as, category=config.category,
         )
 
 
@@ -161,8 +162,13 @@ def finish_training_run(
     grayscale: bool,
     register_as: str,
     extra_figures=None,
+    category: str = "",
 ) -> RunResult:
     """The tail every training method shares: evaluate, log, bundle the detector, register.
+
+    If logging fails after training (the tracking server or its artifact store
+    went away), the results are saved locally by `save_run_locally` and
+    `tracking.RunNotLoggedError` names the folder.
 
     Parameters
     ----------
@@ -180,30 +186,53 @@ def finish_training_run(
         Logged as ``model``.
     extra_figures : callable, optional
         ``extra_figures(evaluation) -> {artifact_path: Figure}``, e.g. ``heatmaps/``.
+    category : str, optional
+        Names the local recovery folder.
     """
     from defectlab.detector import detector_signature_and_example, write_bundle
 
     result = evaluation.evaluate(scored_table, scores)
     result.metrics.update(extra_metrics)
-    tracking.log_evaluation(result, scored_images, extra_figures(result) if extra_figures else None)
+    with tracking.saving_locally_if_logging_fails(
+        category or "run",
+        lambda folder: save_run_locally(folder, result, keras_model, detector, image_size, grayscale),
+    ):
+        tracking.log_evaluation(result, scored_images, extra_figures(result) if extra_figures else None)
 
-    tracking.log_keras_model(keras_model)
-    with tempfile.TemporaryDirectory() as folder:
-        bundle_dir = write_bundle(
-            Path(folder) / "bundle", detector, detector.BUNDLE_METHOD,
-            image_size, grayscale=grayscale, threshold=result.threshold,
-        )
-        signature, input_example = detector_signature_and_example(image_size, grayscale)
-        detector_info = tracking.log_detector(bundle_dir, signature, input_example)
-    model_version = None
-    if register_as:
-        model_version = tracking.register_model(detector_info.model_uri, register_as).version
+        tracking.log_keras_model(keras_model)
+        with tempfile.TemporaryDirectory() as folder:
+            bundle_dir = write_bundle(
+                Path(folder) / "bundle", detector, detector.BUNDLE_METHOD,
+                image_size, grayscale=grayscale, threshold=result.threshold,
+            )
+            signature, input_example = detector_signature_and_example(image_size, grayscale)
+            detector_info = tracking.log_detector(bundle_dir, signature, input_example)
+        model_version = None
+        if register_as:
+            model_version = tracking.register_model(detector_info.model_uri, register_as).version
     return RunResult(
         run_id=run.info.run_id,
         metrics=dict(result.metrics),
         detector_uri=detector_info.model_uri,
         model_version=model_version,
     )
+
+
+def save_run_locally(folder: Path, result, keras_model, detector, image_size: int, grayscale: bool) -> None:
+    """A run's results as plain files, for when they could not be logged.
+
+    ``bundle/`` (the detector bundle, loadable by `defectlab.detector.load_bundle_scorer`),
+    ``scores.csv`` (the contract's columns), ``metrics.json`` and ``model.keras``.
+    """
+    from defectlab.detector import write_bundle
+
+    write_bundle(
+        folder / "bundle", detector, detector.BUNDLE_METHOD,
+        image_size, grayscale=grayscale, threshold=result.threshold,
+    )
+    result.scores_frame().to_csv(folder / "scores.csv", index=False)
+    (folder / "metrics.json").write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
+    keras_model.save(folder / "model.keras")
 
 
 def ssim_tags(config: SSIMConfig, dataset: data.CategoryData, device: str) -> dict:
@@ -308,7 +337,7 @@ def run_ssim(config: SSIMConfig, run_name: str | None = None, nested: bool = Fal
         return finish_training_run(
             run, scored_table, scores, scored_images, extra_metrics,
             detector=detector, keras_model=trained_autoencoder, image_size=config.image_size,
-            grayscale=config.grayscale, register_as=config.register_as,
+            grayscale=config.grayscale, register_as=config.register_as, category=config.category,
             extra_figures=lambda result: ssim_heatmap_figures(
                 result, detector, scored_images, anomaly_maps, masks
             ),

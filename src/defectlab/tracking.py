@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import logging
 import math
 import os
 import tempfile
 import time
+import traceback
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,10 +31,23 @@ from defectlab import report
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DETECTOR_NAME = "detector"
 KERAS_MODEL_NAME = "model"
+# Where a run's results go when the tracking server is lost after training.
+RECOVERY_DIR_VARIABLE = "DEFECTLAB_RECOVERY_DIR"
+DEFAULT_RECOVERY_DIR = "defectlab-recovery"
+
+logger = logging.getLogger(__name__)
 
 
 class TrackingUnavailableError(RuntimeError):
     """The tracking server cannot be reached."""
+
+
+class ArtifactStoreError(RuntimeError):
+    """The run's artifact store (e.g. an S3 bucket) cannot be used; raised before training."""
+
+
+class RunNotLoggedError(RuntimeError):
+    """Training finished but logging the run failed; the results were saved in a local folder."""
 
 
 def tracking_uri() -> str:
@@ -58,6 +74,128 @@ def check_tracking_server(timeout_seconds: float = 10.0) -> None:
         ) from error
 
 
+def _short_error(error: BaseException, limit: int = 600) -> str:
+    """``Type: message``, cut to ``limit`` characters (MLflow's HTTP errors repeat the URL at length)."""
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _server_error_message(error: BaseException) -> str:
+    """The ``message`` of an MLflow server's JSON error answer, else the error's own text."""
+    response = getattr(error, "response", None)
+    if response is not None:
+        with contextlib.suppress(ValueError, AttributeError):
+            return str(response.json()["message"])
+    return _short_error(error)
+
+
+def check_artifact_store(artifact_uri: str) -> None:
+    """Fail before training when the run's artifacts could not be stored.
+
+    Two ways of storing artifacts in S3 are checked; other stores (local
+    folders) need no check:
+
+    - ``s3://bucket/...``: this process writes to the bucket itself (boto3,
+      ``AWS_*`` credentials, ``MLFLOW_S3_ENDPOINT_URL``); the bucket must answer
+      ``head_bucket``.
+    - ``mlflow-artifacts:/...``: the server proxies artifacts (``mlflow server
+      --serve-artifacts --artifacts-destination s3://...``) with its own
+      credentials; it must be able to list the run's (still empty) artifact
+      folder. Its error names its bucket. Listing writes nothing, so no probe
+      file is left in the run.
+
+    Raises
+    ------
+    ArtifactStoreError
+        Naming the bucket (or the server's own explanation) and what to check.
+    """
+    if artifact_uri.startswith("s3://"):
+        _check_s3_bucket(artifact_uri)
+    elif artifact_uri.startswith("mlflow-artifacts:"):
+        try:
+            mlflow.artifacts.list_artifacts(artifact_uri=artifact_uri)
+        except Exception as error:
+            raise ArtifactStoreError(
+                f"the MLflow server {tracking_uri()} cannot use its artifact store "
+                f"({_server_error_message(error)}); check that the bucket of its "
+                "--artifacts-destination exists and that the server's AWS_ACCESS_KEY_ID, "
+                "AWS_SECRET_ACCESS_KEY and MLFLOW_S3_ENDPOINT_URL are right"
+            ) from error
+
+
+def _check_s3_bucket(artifact_uri: str) -> None:
+    import boto3
+    import botocore.exceptions
+    from urllib.parse import urlparse
+
+    bucket = urlparse(artifact_uri).netloc
+    endpoint_url = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
+    try:
+        boto3.client("s3", endpoint_url=endpoint_url).head_bucket(Bucket=bucket)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        if isinstance(error, botocore.exceptions.ClientError):
+            code = error.response.get("Error", {}).get("Code", "")
+            reason = {
+                "404": "it does not exist", "NoSuchBucket": "it does not exist",
+                "403": "access denied: wrong credentials or no permission",
+            }.get(code, _short_error(error))
+        else:
+            reason = _short_error(error)
+        raise ArtifactStoreError(
+            f"cannot store artifacts in the S3 bucket {bucket!r} ({artifact_uri}): {reason}; "
+            f"check the bucket name, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and "
+            f"MLFLOW_S3_ENDPOINT_URL ({endpoint_url or 'AWS'})"
+        ) from error
+
+
+def recovery_folder(category: str, run_id: str | None) -> Path:
+    """A new folder ``<DEFECTLAB_RECOVERY_DIR or ./defectlab-recovery>/<time>-<category>-<run>``."""
+    root = Path(os.environ.get(RECOVERY_DIR_VARIABLE) or DEFAULT_RECOVERY_DIR)
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{category}-{(run_id or 'norun')[:8]}"
+    folder, suffix = root / name, 1
+    while folder.exists():
+        folder, suffix = root / f"{name}-{suffix}", suffix + 1
+    folder.mkdir(parents=True)
+    return folder.resolve()
+
+
+@contextlib.contextmanager
+def saving_locally_if_logging_fails(category: str, save_results):
+    """Guard a run's logging tail: if it raises, keep the trained results as local files.
+
+    Training is the expensive part; a tracking server or artifact store that
+    goes away after it must not lose it. On any exception in the block,
+    ``save_results(folder)`` writes the results into a new `recovery_folder`
+    (with ``run.json``: run id, tracking URI and the error), the folder is
+    logged at once (before MLflow's retries to end the run), and
+    `RunNotLoggedError` naming the folder is raised from the original error.
+    """
+    try:
+        yield
+    except Exception as error:
+        run_id = active_run_id()
+        folder = recovery_folder(category, run_id)
+        (folder / "run.json").write_text(json.dumps({
+            "run_id": run_id,
+            "tracking_uri": tracking_uri(),
+            "error": _short_error(error, limit=5000),
+            "traceback": traceback.format_exc(),
+        }, indent=2))
+        try:
+            save_results(folder)
+        except Exception as save_error:
+            raise RunNotLoggedError(
+                f"logging the run to {tracking_uri()} failed after training ({_short_error(error)}), "
+                f"and saving the results in {folder} failed too ({_short_error(save_error)})"
+            ) from error
+        message = (
+            f"logging the run to {tracking_uri()} failed after training ({_short_error(error)}); "
+            f"the trained model, the detector bundle and the scores are saved in {folder}"
+        )
+        logger.error(message)
+        raise RunNotLoggedError(message) from error
+
+
 def set_experiment(experiment_name: str | None) -> None:
     if experiment_name:
         mlflow.set_experiment(experiment_name)
@@ -74,7 +212,9 @@ def training_run(config, tags: dict, run_name: str | None = None, nested: bool =
     An exception inside the block ends the run FAILED (KILLED for Ctrl-C) with
     the reason in the tag ``failure_reason``, then propagates.
     """
+    check_tracking_server()
     with tracked_run(dataclasses.asdict(config), tags, run_name=run_name, nested=nested) as run:
+        check_artifact_store(run.info.artifact_uri)
         yield run
 
 
@@ -126,6 +266,7 @@ class EpochMetricsLogger(keras.callbacks.Callback):
     def __init__(self, prefix: str = ""):
         super().__init__()
         self.prefix = prefix
+        self.logging_failed = False
 
     def on_epoch_end(self, epoch, logs=None):
         metrics = {
@@ -133,8 +274,18 @@ class EpochMetricsLogger(keras.callbacks.Callback):
             for key, value in (logs or {}).items()
             if key in self.KEY_NAMES and math.isfinite(float(value))
         }
-        if metrics:
+        if not metrics or self.logging_failed:
+            return
+        try:
             mlflow.log_metrics(metrics, step=epoch)
+        except Exception as error:
+            # Losing the server must not lose the training: train on without per-epoch
+            # metrics; the run's tail saves the results locally if the server stays away.
+            self.logging_failed = True
+            logger.warning(
+                "could not log epoch metrics to %s (%s); training goes on without per-epoch logging",
+                tracking_uri(), _short_error(error),
+            )
 
 
 def log_figure(figure, artifact_path: str) -> None:
