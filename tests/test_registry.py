@@ -140,3 +140,30 @@ def test_unknown_version_is_an_error(tracking_uri):
     with pytest.raises(RegistryError, match="has no version '7'"):
         promote(MODEL_NAME, version=7)
     assert champion() is None
+
+
+def test_promote_command_prints_the_decision_and_exits_zero_when_not_promoted(tracking_uri):
+    from click.testing import CliRunner
+
+    from defectlab.cli import main
+
+    first = register_version({"test_image_auroc": 0.8})
+    promote(MODEL_NAME)
+    second = register_version({"test_image_auroc": 0.5})
+
+    result = CliRunner().invoke(main, ["promote", "--model-name", MODEL_NAME])
+
+    assert result.exit_code == 0, result.output
+    assert f"version {second} not promoted" in result.output
+    assert f"champion is version {first}" in result.output
+
+
+def test_promote_command_reports_an_unknown_model_as_an_error(tracking_uri):
+    from click.testing import CliRunner
+
+    from defectlab.cli import main
+
+    result = CliRunner().invoke(main, ["promote", "--model-name", "nobody"])
+
+    assert result.exit_code == 1
+    assert "RegistryError" in result.output and "nobody" in result.output

@@ -83,7 +83,14 @@ def decode_image(value, image_size: int, grayscale: bool, row: int = 0) -> np.nd
             array = np.asarray(image, dtype=np.uint8)
     except MlflowException:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        # Pillow refuses far larger images (over ~179 M pixels) already in Image.open,
+        # before the size check above can see them.
+        raise _invalid(
+            f"row {row}: the image is too large ({error}); a detector accepts at most "
+            f"{MAX_INPUT_PIXELS} pixels, resize it first"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise _invalid(f"row {row}: not a readable PNG/JPEG image ({error})") from None
     return array[..., np.newaxis] if grayscale else array
 

@@ -1,0 +1,254 @@
+"""End to end: train a tiny detector, register and promote it, serve ``@champion``, evaluate it.
+
+One tiny training run (module fixture) feeds every test here: the served
+scores must equal the scores the training run logged in ``scores.csv``, bad
+requests must get a 4xx naming the problem while the server keeps answering,
+and ``defectlab evaluate`` must log a run like a training run's.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from defectlab.cli import main
+from defectlab.config import MetricConfig
+from defectlab.detector import load_logged_detector
+from defectlab.experiment import run_metric
+from defectlab.registry import promote
+
+from ..conftest import TINY_METRIC_OPTIONS
+from .conftest import free_port, stop_process, wait_for_port
+
+pytestmark = pytest.mark.integration
+
+MODEL_NAME = "defectlab-metric-carpet"
+CHAMPION_URI = f"models:/{MODEL_NAME}@champion"
+SERVER_START_SECONDS = 180
+REQUEST_TIMEOUT_SECONDS = 120
+CONTRACT_METRICS = (
+    "test_image_auroc", "test_tpr_tnr_best", "test_tpr_at_best", "test_tnr_at_best",
+    "test_threshold_best", "test_tpr_at_val_threshold", "test_tnr_at_val_threshold",
+    "val_image_auroc", "score_seconds",
+)
+CONTRACT_ARTIFACTS = (
+    "scores.csv", "plots/roc.png", "plots/score_hist.png", "ranking/top_defects.png",
+    "ranking/hard_defects.png", "ranking/false_alarms.png",
+)
+
+
+@pytest.fixture(scope="module")
+def champion_store(tmp_path_factory, tiny_dataset_root, session_cache_dir):
+    """A SQLite store holding one tiny trained detector, registered and promoted to ``champion``."""
+    folder = tmp_path_factory.mktemp("serving-store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("DEFECTLAB_CACHE", str(session_cache_dir))
+        patch.delenv("MLFLOW_RUN_ID", raising=False)
+        patch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        config = MetricConfig(
+            category="carpet", data_dir=str(tiny_dataset_root), register_as=MODEL_NAME,
+            **TINY_METRIC_OPTIONS,
+        )
+        training = run_metric(config)
+        decision = promote(MODEL_NAME)
+        offline_scores = pd.read_csv(
+            mlflow.artifacts.download_artifacts(run_id=training.run_id, artifact_path="scores.csv")
+        )
+        _, bundle_config = load_logged_detector(CHAMPION_URI)
+        yield SimpleNamespace(
+            uri=uri, folder=folder, training=training, decision=decision,
+            offline_scores=offline_scores, threshold=bundle_config["threshold"],
+            data_root=tiny_dataset_root,
+        )
+
+
+def _http(url: str, body: bytes | None = None, content_type: str = "application/json"):
+    """(status, text) of a GET (no body) or POST; HTTP errors are answers, not exceptions."""
+    request = urllib.request.Request(
+        url, data=body, method="GET" if body is None else "POST",
+        headers={} if body is None else {"Content-Type": content_type},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_SECONDS) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@pytest.fixture(scope="module")
+def detector_server(champion_store):
+    """``mlflow models serve -m models:/NAME@champion --env-manager local`` on a free port."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": champion_store.uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    log_path = champion_store.folder / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", CHAMPION_URI,
+                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+            ],
+            cwd=champion_store.folder, env=environment, stdout=log, stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_port(port, SERVER_START_SECONDS, process)
+        deadline = time.monotonic() + SERVER_START_SECONDS
+        while _http(f"{base_url}/ping")[0] != 200:
+            assert time.monotonic() < deadline and process.poll() is None, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        yield SimpleNamespace(base_url=base_url, process=process, log_path=log_path)
+    finally:
+        stop_process(process)
+
+
+def image_request(values, column: str = "image") -> bytes:
+    return json.dumps({"dataframe_split": {"columns": [column], "data": [[value] for value in values]}}).encode()
+
+
+def base64_file(path: str) -> str:
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def blank_grayscale_png(width: int, height: int) -> bytes:
+    """A valid PNG of ``width`` x ``height`` black pixels, written row by row (never held in memory)."""
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte 0, then one byte per pixel
+    pixel_data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(payload)) + kind + payload
+            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixel_data) + chunk(b"IEND", b"")
+
+
+def test_first_registered_version_is_champion(champion_store):
+    assert champion_store.decision.promoted
+    assert champion_store.decision.candidate_version == str(champion_store.training.model_version)
+    aliases = MlflowClient().get_registered_model(MODEL_NAME).aliases
+    assert str(aliases["champion"]) == champion_store.decision.candidate_version
+
+
+def test_served_scores_equal_the_training_runs_scores(champion_store, detector_server):
+    offline = champion_store.offline_scores
+    test_rows = offline[offline["split"] == "test"]
+    chosen = pd.concat([test_rows[test_rows["label"] == 0].head(3), test_rows[test_rows["label"] == 1].head(3)])
+
+    status, text = _http(
+        f"{detector_server.base_url}/invocations",
+        image_request([base64_file(path) for path in chosen["path"]]),
+    )
+
+    assert status == 200, text
+    predictions = json.loads(text)["predictions"]
+    served_scores = [prediction["score"] for prediction in predictions]
+    assert served_scores == pytest.approx(chosen["score"].tolist(), rel=1e-5, abs=1e-6)
+    assert [prediction["is_anomaly"] for prediction in predictions] == [
+        score > champion_store.threshold for score in served_scores
+    ]
+
+
+def _bad_requests(good_image: str) -> dict:
+    image_bytes = base64.b64decode(good_image)
+    return {
+        "not an image": (
+            image_request([base64.b64encode(b"plain text, not a picture").decode()]),
+            "not a readable PNG/JPEG image",
+        ),
+        "truncated image": (
+            image_request([base64.b64encode(image_bytes[: len(image_bytes) // 2]).decode()]),
+            "truncated",
+        ),
+        "empty image value": (image_request([""]), "the image value is empty"),
+        "no rows": (image_request([]), "holds no images"),
+        "empty body": (b"", "valid JSON"),
+        "20000x20000 image": (
+            image_request([base64.b64encode(blank_grayscale_png(20_000, 20_000)).decode()]),
+            "too large",
+        ),
+        "wrong column name": (image_request([good_image], column="picture"), "missing inputs ['image']"),
+    }
+
+
+def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_answering(
+    champion_store, detector_server
+):
+    good_path = champion_store.offline_scores["path"].iloc[0]
+    good_image = base64_file(good_path)
+    invocations = f"{detector_server.base_url}/invocations"
+
+    for case, (body, expected_message) in _bad_requests(good_image).items():
+        status, text = _http(invocations, body)
+        assert 400 <= status < 500, f"{case}: HTTP {status}: {text[:500]}"
+        assert expected_message in json.loads(text)["message"], f"{case}: {text[:500]}"
+        good_status, good_text = _http(invocations, image_request([good_image]))
+        assert good_status == 200, f"after {case}: HTTP {good_status}: {good_text[:500]}"
+
+    assert detector_server.process.poll() is None
+
+
+def test_evaluate_logs_a_run_with_the_contract_metrics_and_artifacts(champion_store):
+    result = CliRunner().invoke(
+        main,
+        ["evaluate", "--model-uri", CHAMPION_URI, "--category", "carpet",
+         "--data-dir", str(champion_store.data_root)],
+    )
+
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    runs = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"tags.evaluated_model = '{CHAMPION_URI}'",
+        output_format="list",
+    )
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["method"] == "l2_softmax"
+    assert run.data.tags["category"] == "carpet"
+    assert run.data.tags["dataset"] == champion_store.data_root.name
+    assert run.data.tags["ensemble_size"] == "1"
+    assert set(CONTRACT_METRICS) <= set(run.data.metrics)
+    logged_paths = {
+        item.path for folder in ("", "plots", "ranking")
+        for item in client.list_artifacts(run.info.run_id, folder or None)
+    }
+    assert set(CONTRACT_ARTIFACTS) <= logged_paths
+    # Same data, same seed, same detector: evaluate reproduces the training run's scores.
+    evaluated_scores = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="scores.csv")
+    )
+    offline = champion_store.offline_scores
+    assert evaluated_scores["path"].tolist() == offline["path"].tolist()
+    assert evaluated_scores["score"].tolist() == pytest.approx(offline["score"].tolist(), rel=1e-5, abs=1e-6)
+    assert run.data.metrics["test_image_auroc"] == pytest.approx(
+        champion_store.training.metrics["test_image_auroc"]
+    )
+

@@ -1,0 +1,52 @@
+"""``defectlab evaluate`` refuses bad settings and unknown models with one clear line, before any scoring.
+
+The end-to-end evaluation of a trained detector is in tests/integration/test_serving.py.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+
+from defectlab.cli import main
+from defectlab.config import ConfigError, EvaluateConfig
+
+
+def test_model_uri_is_required():
+    with pytest.raises(ConfigError, match="model_uri is required"):
+        EvaluateConfig().validate()
+
+
+@pytest.mark.parametrize("image_size", [-1, 8])
+def test_image_size_is_zero_or_a_usable_size(image_size):
+    with pytest.raises(ConfigError, match="image_size"):
+        EvaluateConfig(model_uri="runs:/x/detector", image_size=image_size).validate()
+
+
+def test_batch_size_must_be_positive():
+    with pytest.raises(ConfigError, match="batch_size"):
+        EvaluateConfig(model_uri="runs:/x/detector", batch_size=0).validate()
+
+
+def test_unknown_registered_model_is_a_one_line_error_and_logs_no_run(tracking_uri):
+    result = CliRunner().invoke(main, ["evaluate", "--model-uri", "models:/no-such-model@champion"])
+
+    assert result.exit_code == 1
+    assert "DetectorUnavailableError" in result.output and "no-such-model" in result.output
+    assert "Traceback" not in result.output
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+
+
+def test_a_model_that_is_not_a_detector_is_refused(tracking_uri):
+    class ConstantModel(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return [0.0] * len(model_input)
+
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="other", python_model=ConstantModel(), pip_requirements=[])
+
+    result = CliRunner().invoke(main, ["evaluate", "--model-uri", info.model_uri])
+
+    assert result.exit_code == 1
+    assert "is not a defectlab detector" in result.output
