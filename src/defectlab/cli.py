@@ -13,7 +13,9 @@ import sys
 
 import click
 
-from defectlab.config import ConfigError, EvaluateConfig, MetricConfig, SSIMConfig
+from defectlab.config import (
+    ConfigError, EvaluateConfig, MetricConfig, SSIMConfig, TuneConfig, config_defaults,
+)
 from defectlab.registry import DEFAULT_PROMOTION_METRIC
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
@@ -29,25 +31,51 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from defectlab.registry import RegistryError
     from defectlab.comparison import ComparisonError
     from defectlab.tracking import ArtifactStoreError, ExperimentNotFoundError, RunNotLoggedError
+    from defectlab.tuning import TuningError
 
     return EXPECTED_ERRORS + (
         DatasetError, WeightsUnavailableError, TrackingUnavailableError, NonFiniteLossError,
         DetectorUnavailableError, RegistryError, ComparisonError, ExperimentNotFoundError,
-        ArtifactStoreError, RunNotLoggedError,
+        ArtifactStoreError, RunNotLoggedError, TuningError,
     )
 
 
-def config_options(config_class):
-    """Decorator: one ``--option-name`` per dataclass field, typed and defaulted from the field."""
+class OrMethodDefault(click.ParamType):
+    """A typed option whose empty value means "the chosen method's default" (``None``)."""
+
+    def __init__(self, value_type: click.ParamType):
+        self.value_type = value_type
+        self.name = f"{value_type.name} or empty"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "":
+            return None
+        return self.value_type.convert(value, param, ctx)
+
+
+def config_options(config_class, exclude=(), method_default=()):
+    """Decorator: one ``--option-name`` per dataclass field, typed and defaulted from the field.
+
+    Fields named in ``exclude`` get no option (another decorator declares
+    them); those in ``method_default`` default to empty, meaning the default of
+    whichever method a command runs (``tune``, where the methods' defaults differ).
+    """
 
     def decorate(command):
         for field in reversed(dataclasses.fields(config_class)):
-            option_type = {bool: click.BOOL, int: int, float: float}.get(type(field.default), str)
+            if field.name in exclude:
+                continue
+            option_type = {bool: click.BOOL, int: click.INT, float: click.FLOAT}.get(
+                type(field.default), click.STRING
+            )
+            default = field.default
+            if field.name in method_default:
+                option_type, default = OrMethodDefault(option_type), None
             command = click.option(
                 "--" + field.name.replace("_", "-"),
                 field.name,
                 type=option_type,
-                default=field.default,
+                default=default,
                 show_default=True,
             )(command)
         return command
@@ -92,6 +120,44 @@ def ssim(**options) -> None:
 
     config = SSIMConfig(**options)
     echo_training_results(config, run_reporting_errors(run_repeated, config, run_ssim))
+
+
+# tune: its own options, then every training option of both methods, each declared once.
+# Settings that are not about training one model (registration, repeated seeds) stay out.
+TUNE_FIELDS = frozenset(config_defaults(TuneConfig))
+TUNE_EXCLUDED_TRAINING_FIELDS = frozenset({"register_as", "repeats"})
+METRIC_DEFAULTS, SSIM_DEFAULTS = config_defaults(MetricConfig), config_defaults(SSIMConfig)
+DEFAULTS_DIFFERING_BY_METHOD = frozenset(
+    name for name in METRIC_DEFAULTS.keys() & SSIM_DEFAULTS.keys()
+    if METRIC_DEFAULTS[name] != SSIM_DEFAULTS[name]
+)
+
+
+@main.command()
+@config_options(TuneConfig)
+@config_options(
+    MetricConfig, exclude=TUNE_FIELDS | TUNE_EXCLUDED_TRAINING_FIELDS,
+    method_default=DEFAULTS_DIFFERING_BY_METHOD,
+)
+@config_options(SSIMConfig, exclude=TUNE_FIELDS | TUNE_EXCLUDED_TRAINING_FIELDS | METRIC_DEFAULTS.keys())
+def tune(**options) -> None:
+    """Optuna study over one method's settings; one nested MLflow run per trial.
+
+    Training options not in the search space are held fixed; those left empty
+    take the chosen method's default.
+    """
+    from defectlab.tuning import base_training_config, run_study
+
+    tune_config = TuneConfig(**{name: options.pop(name) for name in TUNE_FIELDS})
+    base_config = run_reporting_errors(base_training_config, tune_config, options)
+    result = run_reporting_errors(run_study, tune_config, base_config)
+    counts = ", ".join(f"{count} {state.lower()}" for state, count in result.trial_counts.items() if count)
+    click.echo(f"study {result.study_name} (parent run {result.parent_run_id}): {counts or 'no trials'}")
+    if result.best_run_id:
+        click.echo(
+            f"best val_image_auroc={result.best_value:.4f} (run {result.best_run_id}) "
+            f"with {result.best_params}"
+        )
 
 
 def echo_training_results(config, results) -> None:

@@ -54,7 +54,7 @@ SPEC_KEYS = {
     "categorical": {"type", "choices"},
 }
 # Settings that say what is tuned (or where a model goes), not how it is trained.
-NOT_SEARCHABLE = ("category", "data_dir", "register_as")
+NOT_SEARCHABLE = ("category", "data_dir", "register_as", "repeats")
 OBJECTIVE_METRIC = "val_image_auroc"
 INTERMEDIATE_METRIC = "intermediate_val_image_auroc"
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -127,7 +127,7 @@ def validate_search_space(space: dict, base_config) -> dict:
     """Check every spec against the method's settings; return the space in canonical form.
 
     Each parameter must be a training setting of the method (not ``category``,
-    ``data_dir`` or ``register_as``), its type must fit the setting's type, its
+    ``data_dir``, ``register_as`` or ``repeats``), its type must fit the setting's type, its
     bounds must be ordered (positive for ``log``), and every bound or choice must
     be a value the method accepts (``config.validate()``). Raises
     `SearchSpaceError` naming the first problem.
