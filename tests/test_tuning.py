@@ -1,0 +1,234 @@
+"""Search spaces, the suggest function, the fixed settings of a study and its sampler (no training)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optuna
+import pytest
+from click.testing import CliRunner
+
+from defectlab import tuning
+from defectlab.cli import main
+from defectlab.config import ConfigError, MetricConfig, SSIMConfig, TuneConfig
+from defectlab.tuning import SearchSpaceError, suggest_training_params, validate_search_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def write_space(tmp_path, text: str):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+# The built-in spaces
+
+
+def test_default_metric_space_covers_the_settings_the_article_calls_sensitive():
+    space = validate_search_space(tuning.default_search_space("metric", 120), MetricConfig())
+    assert space["epochs"] == {"type": "int", "low": 2, "high": 100, "log": True}
+    assert space["optimizer"]["choices"] == ["sgd", "adam"]
+    assert space["learning_rate"] == {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}
+    assert (space["reference_size"]["low"], space["reference_size"]["high"]) == (1, 120)
+
+
+def test_reference_size_may_reach_zero_only_when_a_reference_dir_supplies_a_class():
+    assert tuning.default_search_space("metric", 50)["reference_size"]["low"] == 1
+    assert tuning.default_search_space("metric", 50, reference_dir="extra")["reference_size"]["low"] == 0
+
+
+def test_default_ssim_space_searches_the_bottleneck():
+    space = validate_search_space(tuning.default_search_space("ssim", 0), SSIMConfig())
+    assert set(space) == {"epochs", "optimizer", "learning_rate", "latent_dim"}
+
+
+# YAML validation: one rule per test
+
+
+def test_yaml_space_is_read_and_made_canonical(tmp_path):
+    path = write_space(tmp_path, "learning_rate: {type: float, low: 1e-4, high: 0.1, log: true}\n"
+                                 "epochs: {type: int, low: 1, high: 3}\n")
+    space = validate_search_space(tuning.load_search_space(path), MetricConfig())
+    # PyYAML reads 1e-4 (no dot) as a string: it is accepted as the float it means.
+    assert space["learning_rate"]["low"] == pytest.approx(1e-4)
+    assert space["epochs"] == {"type": "int", "low": 1, "high": 3, "log": False}
+
+
+def test_unknown_parameter_is_named(tmp_path):
+    with pytest.raises(SearchSpaceError, match="unknown parameter 'epoch'.*searchable:.*epochs"):
+        validate_search_space({"epoch": {"type": "int", "low": 1, "high": 3}}, MetricConfig())
+
+
+def test_parameter_of_the_other_method_is_unknown():
+    with pytest.raises(SearchSpaceError, match="unknown parameter 'latent_dim'"):
+        validate_search_space({"latent_dim": {"type": "int", "low": 8, "high": 64}}, MetricConfig())
+
+
+def test_category_is_not_searchable():
+    with pytest.raises(SearchSpaceError, match="unknown parameter 'category'"):
+        validate_search_space({"category": {"type": "categorical", "choices": ["carpet"]}}, MetricConfig())
+
+
+def test_unknown_type_is_named():
+    with pytest.raises(SearchSpaceError, match="epochs has unknown type 'integer'"):
+        validate_search_space({"epochs": {"type": "integer", "low": 1, "high": 3}}, MetricConfig())
+
+
+def test_missing_type_is_an_error():
+    with pytest.raises(SearchSpaceError, match="epochs needs a mapping with a 'type'"):
+        validate_search_space({"epochs": [1, 2]}, MetricConfig())
+
+
+def test_low_above_high_is_an_error():
+    with pytest.raises(SearchSpaceError, match="low 10 above high 2"):
+        validate_search_space({"epochs": {"type": "int", "low": 10, "high": 2}}, MetricConfig())
+
+
+def test_missing_bound_is_an_error():
+    with pytest.raises(SearchSpaceError, match="needs high"):
+        validate_search_space({"epochs": {"type": "int", "low": 1}}, MetricConfig())
+
+
+def test_log_scale_needs_positive_low():
+    with pytest.raises(SearchSpaceError, match="log scale, so low must be positive"):
+        validate_search_space(
+            {"learning_rate": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, MetricConfig()
+        )
+
+
+def test_bound_outside_what_the_method_accepts_is_an_error():
+    with pytest.raises(SearchSpaceError, match="epochs=0 is not allowed: epochs must be at least 1"):
+        validate_search_space({"epochs": {"type": "int", "low": 0, "high": 3}}, MetricConfig())
+
+
+def test_unknown_choice_is_an_error():
+    with pytest.raises(SearchSpaceError, match="optimizer='rmsprop' is not allowed"):
+        validate_search_space(
+            {"optimizer": {"type": "categorical", "choices": ["sgd", "rmsprop"]}}, MetricConfig()
+        )
+
+
+def test_float_range_on_an_integer_setting_is_an_error():
+    with pytest.raises(SearchSpaceError, match="epochs is a int setting; a float range does not fit"):
+        validate_search_space({"epochs": {"type": "float", "low": 1, "high": 3}}, MetricConfig())
+
+
+def test_fractional_bound_of_an_int_range_is_an_error():
+    with pytest.raises(SearchSpaceError, match="epochs takes int values, got 1.5"):
+        validate_search_space({"epochs": {"type": "int", "low": 1.5, "high": 3}}, MetricConfig())
+
+
+def test_unknown_key_in_a_spec_is_an_error():
+    with pytest.raises(SearchSpaceError, match=r"unknown keys \['hgih'\]"):
+        validate_search_space({"epochs": {"type": "int", "low": 1, "hgih": 3, "high": 3}}, MetricConfig())
+
+
+def test_empty_choices_are_an_error():
+    with pytest.raises(SearchSpaceError, match="non-empty list 'choices'"):
+        validate_search_space({"optimizer": {"type": "categorical", "choices": []}}, MetricConfig())
+
+
+def test_step_and_log_together_are_an_error():
+    with pytest.raises(SearchSpaceError, match="both a step and a log scale"):
+        validate_search_space(
+            {"epochs": {"type": "int", "low": 1, "high": 9, "step": 2, "log": True}}, MetricConfig()
+        )
+
+
+def test_empty_space_is_an_error():
+    with pytest.raises(SearchSpaceError, match="search space is empty"):
+        validate_search_space({}, MetricConfig())
+
+
+def test_yaml_that_is_not_a_mapping_is_an_error(tmp_path):
+    with pytest.raises(SearchSpaceError, match="must map parameter names to specs"):
+        tuning.load_search_space(write_space(tmp_path, "- epochs\n- optimizer\n"))
+
+
+def test_missing_yaml_file_is_an_error(tmp_path):
+    with pytest.raises(SearchSpaceError, match="does not exist"):
+        tuning.load_search_space(tmp_path / "nowhere.yaml")
+
+
+# The suggest function
+
+
+SPACE = {
+    "epochs": {"type": "int", "low": 2, "high": 100, "log": True},
+    "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+    "batch_size": {"type": "int", "low": 16, "high": 64, "step": 16, "log": False},
+}
+
+
+def test_suggest_returns_one_value_per_searched_setting_within_its_bounds():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(20):
+        params = suggest_training_params(study.ask(), SPACE)
+        assert set(params) == set(SPACE)
+        assert 2 <= params["epochs"] <= 100 and isinstance(params["epochs"], int)
+        assert params["optimizer"] in ("sgd", "adam")
+        assert 1e-4 <= params["learning_rate"] <= 1e-1
+        assert params["batch_size"] in (16, 32, 48, 64)
+        # The drawn settings make a valid config with the rest held fixed.
+        config = dataclasses.replace(MetricConfig(image_size=64, weights="none"), **params)
+        config.validate()
+        assert config.image_size == 64 and config.weights == "none"
+
+
+def test_suggest_records_the_distributions_on_the_trial():
+    trial = optuna.trial.FixedTrial({"epochs": 7, "optimizer": "adam", "learning_rate": 0.01, "batch_size": 32})
+    assert suggest_training_params(trial, SPACE) == {
+        "epochs": 7, "optimizer": "adam", "learning_rate": 0.01, "batch_size": 32,
+    }
+
+
+def test_workers_sharing_a_study_draw_different_settings_yet_each_trial_is_reproducible():
+    def first_draws(seed):
+        study = optuna.create_study(sampler=tuning.TrialSeededSampler(seed))
+        return [suggest_training_params(study.ask(), SPACE) for _ in range(3)]
+
+    draws = first_draws(0)
+    assert draws == first_draws(0)
+    assert draws[0] != draws[1] != draws[2]
+
+
+# Fixed settings
+
+
+def test_base_config_takes_the_methods_defaults_for_empty_options():
+    tune_config = TuneConfig(method="ssim", category="leather", seed=4)
+    config = tuning.base_training_config(tune_config, {"image_size": None, "epochs": 3, "weights": "imagenet"})
+    assert isinstance(config, SSIMConfig)
+    assert (config.image_size, config.epochs, config.category, config.seed) == (256, 3, "leather", 4)
+
+
+def test_base_config_refuses_a_changed_setting_of_the_other_method():
+    with pytest.raises(ConfigError, match="latent_dim is a setting of the other method"):
+        tuning.base_training_config(TuneConfig(method="metric"), {"latent_dim": 8})
+
+
+def test_tune_config_validation_names_the_setting():
+    with pytest.raises(ConfigError, match="method must be one of metric, ssim"):
+        TuneConfig(method="pca").validate()
+    with pytest.raises(ConfigError, match="grace_period"):
+        TuneConfig(heartbeat_interval=10, grace_period=5).validate()
+    assert TuneConfig(category="cable").resolved_study_name == "metric-cable"
+
+
+def test_cli_reports_a_bad_search_space_in_one_line_before_training(tmp_path, tiny_dataset_root):
+    path = write_space(tmp_path, "epochs: {type: int, low: 1, high: 3}\nwarmup: {type: int, low: 1, high: 2}\n")
+    result = CliRunner().invoke(main, [
+        "tune", "--data-dir", str(tiny_dataset_root), "--search-space", str(path),
+        "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--image-size", "64",
+    ])
+    assert result.exit_code == 1
+    assert "SearchSpaceError: unknown parameter 'warmup'" in result.output
+    assert not (tmp_path / "optuna.db").exists()
+
+
+def test_cli_refuses_an_ssim_setting_for_a_metric_study(tmp_path):
+    result = CliRunner().invoke(main, ["tune", "--method", "metric", "--latent-dim", "8"])
+    assert result.exit_code == 1
+    assert "latent_dim is a setting of the other method" in result.output
