@@ -1,0 +1,173 @@
+"""Throughput of the SSIM autoencoder: the augmentation pipeline and the detector against their ceilings.
+
+Training: images/s through the real on-the-fly augmentation pipeline
+(`defectlab.autoencoder.augmented_dataset`) against the same network fitted on
+``augment_to`` float images already in memory, batched and cached by tf.data
+(no augmentation: the ceiling the pipeline can approach). Inference: images/s of the ``detector`` (reconstruction, full-size
+SSIM map, region score), from decoded images and from image files, against
+the bare Keras network's ``predict``.
+
+Run: ``python benchmarks/bench_ssim.py --image-size 64 --augment-to 256 --epochs 3``
+(the first epoch of each fit is a warm-up and is not timed). Prints the
+figures and the ratios; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from defectlab import autoencoder, data  # noqa: E402
+from defectlab.config import SSIMConfig  # noqa: E402
+from defectlab.detector import IMAGE_COLUMN, bundle_to_local_detector, write_bundle  # noqa: E402
+from defectlab.metric_learning import make_optimizer  # noqa: E402
+from defectlab.models import build_ssim_autoencoder  # noqa: E402
+from defectlab.synthetic import SyntheticSpec, generate_dataset  # noqa: E402
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall-clock seconds of each epoch."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self.start)
+
+    def on_train_begin(self, logs=None):
+        self.seconds = []
+
+
+def compiled_autoencoder(config: SSIMConfig, channels: int) -> keras.Model:
+    keras.utils.set_random_seed(config.seed)
+    network = build_ssim_autoencoder(config.image_size, channels, config.latent_dim)
+    network.compile(
+        optimizer=make_optimizer(config.optimizer, config.learning_rate),
+        loss=autoencoder.training_loss(config.loss, config.ssim_window),
+    )
+    return network
+
+
+def timed_images_per_second(fit, samples_per_epoch: int) -> float:
+    """Images/s over the epochs after the first (which compiles the graph)."""
+    timer = EpochTimer()
+    fit(timer)
+    return samples_per_epoch * len(timer.seconds[1:]) / sum(timer.seconds[1:])
+
+
+def best_of(repeats: int, function) -> float:
+    """Shortest wall-clock seconds of ``repeats`` calls of ``function``."""
+    durations = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        durations.append(time.perf_counter() - start)
+    return min(durations)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--augment-to", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs + 1 warm-up")
+    parser.add_argument("--latent-dim", type=int, default=100)
+    parser.add_argument("--category", default="carpet")
+    parser.add_argument("--count-scale", type=float, default=0.25)
+    parser.add_argument("--inference-images", type=int, default=128)
+    arguments = parser.parse_args()
+    if arguments.epochs < 2:
+        parser.error("--epochs must be at least 2 (the first is a warm-up)")
+
+    config = SSIMConfig(
+        category=arguments.category, image_size=arguments.image_size, epochs=arguments.epochs,
+        batch_size=arguments.batch_size, augment_to=arguments.augment_to,
+        latent_dim=arguments.latent_dim,
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        root = generate_dataset(
+            Path(folder) / "data",
+            SyntheticSpec(image_size=config.image_size, count_scale=arguments.count_scale),
+            [config.category],
+        )
+        dataset = data.load_category(
+            root, config.category, config.image_size, grayscale=config.grayscale,
+            cache_dir=Path(folder) / "cache",
+        )
+        good_images = dataset.images_of("train")
+        channels = good_images.shape[-1]
+        print(f"{len(good_images)} good {config.category} images at {config.image_size} px, "
+              f"augment_to={config.augment_to}, batch_size={config.batch_size}, "
+              f"{config.epochs - 1} timed epochs")
+
+        # Training: augmentation pipeline vs in-memory tensors
+        pipeline_network = compiled_autoencoder(config, channels)
+        pipeline_rate = timed_images_per_second(
+            lambda timer: pipeline_network.fit(
+                autoencoder.augmented_dataset(
+                    good_images, config.category, config.augment_to, config.batch_size, config.seed
+                ),
+                epochs=config.epochs, callbacks=[timer], verbose=0,
+            ),
+            config.augment_to,
+        )
+        # The ceiling: augment_to float images already in memory, batched by tf.data, nothing computed.
+        in_memory_images = np.resize(good_images, (config.augment_to, *good_images.shape[1:]))
+        in_memory_images = in_memory_images.astype(np.float32) / 255.0
+        in_memory_batches = (
+            tf.data.Dataset.from_tensor_slices(in_memory_images).batch(config.batch_size)
+            .map(lambda images: (images, images)).cache().prefetch(tf.data.AUTOTUNE)
+        )
+        in_memory_network = compiled_autoencoder(config, channels)
+        in_memory_rate = timed_images_per_second(
+            lambda timer: in_memory_network.fit(
+                in_memory_batches, epochs=config.epochs, callbacks=[timer], verbose=0,
+            ),
+            config.augment_to,
+        )
+        print(f"training  augmentation pipeline: {pipeline_rate:8.1f} images/s")
+        print(f"training  in-memory tensors:     {in_memory_rate:8.1f} images/s")
+        print(f"training  ratio pipeline / in-memory: {pipeline_rate / in_memory_rate:.2f}")
+
+        # Inference: detector vs bare Keras network
+        # Every scored image, repeated up to --inference-images so the timing is not a handful of calls.
+        scored = dataset.rows("test") | dataset.rows("val") | dataset.rows("threshold")
+        repeats = -(-arguments.inference_images // int(scored.sum()))
+        test_images = np.concatenate([dataset.images[scored]] * repeats)[:arguments.inference_images]
+        test_paths = (dataset.table.loc[scored, "path"].tolist() * repeats)[:arguments.inference_images]
+        trained = keras.Model(pipeline_network.inputs, pipeline_network.outputs)
+        scorer = autoencoder.SSIMDetectorScorer(
+            trained, config.ssim_window, autoencoder.min_defect_area_for(config.image_size)
+        )
+        detector = bundle_to_local_detector(
+            write_bundle(Path(folder) / "bundle", scorer, scorer.BUNDLE_METHOD, config.image_size,
+                         config.grayscale, threshold=0.5)
+        )
+        unit_images = test_images.astype(np.float32) / 255.0
+        trained.predict(unit_images, batch_size=scorer.batch_size, verbose=0)  # warm-up
+        detector.predict_images(test_images)
+        count = len(test_images)
+        bare_rate = count / best_of(3, lambda: trained.predict(unit_images, batch_size=scorer.batch_size, verbose=0))
+        detector_rate = count / best_of(3, lambda: detector.predict_images(test_images))
+        files_rate = count / best_of(
+            3, lambda: detector.predict(None, pd.DataFrame({IMAGE_COLUMN: test_paths}))
+        )
+        print(f"inference bare Keras predict:            {bare_rate:8.1f} images/s ({count} images)")
+        print(f"inference detector (decoded images):     {detector_rate:8.1f} images/s")
+        print(f"inference detector (image files):        {files_rate:8.1f} images/s")
+        print(f"inference ratio detector / bare Keras:   {detector_rate / bare_rate:.2f}")
+        print(f"inference ratio detector files / bare:   {files_rate / bare_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()
