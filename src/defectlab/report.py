@@ -142,7 +142,9 @@ def comparison_boxplot_figure(
             axes.text(position, np.mean(value_range), "missing\n(no runs)", ha="center",
                       va="center", color="dimgray", fontsize=10, style="italic")
             continue
-        axes.boxplot(values, positions=[position], widths=0.5, showmeans=True, manage_ticks=False)
+        axes.boxplot(values, positions=[position], widths=0.5, showmeans=True, showfliers=False,
+                     manage_ticks=False,
+                     meanprops={"marker": "^", "markerfacecolor": "black", "markeredgecolor": "black"})
         # Repeats are few: show every run, spread sideways so equal values stay visible.
         offsets = np.linspace(-0.12, 0.12, values.size) if values.size > 1 else np.zeros(1)
         axes.scatter(position + offsets, values, s=18, color="tab:blue", alpha=0.7, zorder=3)
