@@ -131,7 +131,8 @@ def _check_s3_bucket(artifact_uri: str) -> None:
     bucket = urlparse(artifact_uri).netloc
     endpoint_url = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
     try:
-        boto3.client("s3", endpoint_url=endpoint_url).head_bucket(Bucket=bucket)
+        # A new session reads the credentials in force now, not ones cached by an earlier client.
+        boto3.session.Session().client("s3", endpoint_url=endpoint_url).head_bucket(Bucket=bucket)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
         if isinstance(error, botocore.exceptions.ClientError):
             code = error.response.get("Error", {}).get("Code", "")
@@ -228,7 +229,12 @@ def tracked_run(params: dict, tags: dict, run_name: str | None = None, nested: b
     """
     run = mlflow.start_run(run_name=run_name, nested=nested)
     try:
-        mlflow.log_params({key: _param_value(value) for key, value in params.items()})
+        # Under `mlflow run` the entry point's parameters are already logged, empty strings
+        # as the shell-quoted "''": logging "" again would be refused as a changed value.
+        already_logged = set(run.data.params)
+        mlflow.log_params({
+            key: _param_value(value) for key, value in params.items() if key not in already_logged
+        })
         mlflow.set_tags({key: str(value) for key, value in tags.items()})
         yield run
     except BaseException as error:
