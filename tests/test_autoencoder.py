@@ -227,3 +227,28 @@ def test_training_lowers_the_ssim_loss():
     network, history = autoencoder.train_ssim_autoencoder(images, config, seed=0, verbose=0)
     assert network.output_shape == (None, IMAGE_SIZE, IMAGE_SIZE, 1)
     assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+# Pixel metrics of a run
+
+
+def test_pixel_metrics_leave_out_defects_without_masks_and_skip_without_any():
+    import pandas as pd
+
+    from defectlab.experiment import pixel_metrics
+
+    table = pd.DataFrame({
+        "split": ["test", "test", "test", "val"],
+        "label": [0, 1, 1, 1],
+        "mask_path": ["", "defect_mask.png", "", "other_mask.png"],
+    })
+    masks = np.zeros((4, 4, 4), dtype=bool)
+    masks[1, :2, :2] = True
+    masks[3, :, :] = True
+    anomaly_maps = np.zeros((4, 4, 4))
+    anomaly_maps[1, :2, :2] = 1.0
+    anomaly_maps[2] = 2.0  # a defect of unknown extent: counted, it would look like false alarms
+    anomaly_maps[3] = -1.0  # not a test image
+    result = pixel_metrics(table, masks, anomaly_maps)
+    assert result == {"test_pixel_auroc": 1.0, "test_aupro": pytest.approx(1.0)}
+    assert pixel_metrics(table.assign(mask_path=""), masks, anomaly_maps) == {}

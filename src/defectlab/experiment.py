@@ -258,8 +258,8 @@ def pixel_metrics(scored_table, masks: np.ndarray, anomaly_maps: np.ndarray) -> 
     test = (scored_table["split"] == "test").to_numpy()
     has_mask = scored_table["mask_path"].fillna("").astype(str).str.len().to_numpy() > 0
     defect = scored_table["label"].to_numpy() == 1
-    if not np.any(test & defect & has_mask):
-        logger.info("no ground-truth masks among the test defects: pixel metrics skipped")
+    if not masks[test & defect & has_mask].any():
+        logger.info("no ground-truth defect pixels among the test images: pixel metrics skipped")
         return {}
     kept = test & (~defect | has_mask)
     return {

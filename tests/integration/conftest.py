@@ -12,11 +12,23 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+
+def subprocess_environment(tracking_uri: str) -> dict:
+    """Environment of a ``defectlab``/``mlflow`` child process: this venv first on PATH, the given store, no run id."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_RUN")}
+    environment.update({
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    })
+    return environment
 
 
 def free_port() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+
+from .conftest import subprocess_environment
 
 pytestmark = pytest.mark.integration
 
@@ -42,16 +43,6 @@ print(json.dumps({
     "map_shape": [len(with_maps["anomaly_map"][0]), len(with_maps["anomaly_map"][0][0])],
 }))
 """
-
-
-def subprocess_environment(tracking_uri: str) -> dict:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_RUN")}
-    environment.update({
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-    })
-    return environment
 
 
 def test_ssim_entry_point_leaves_the_contract_and_a_reloadable_detector(tracking_uri, tiny_dataset_root):
