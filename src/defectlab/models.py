@@ -83,7 +83,7 @@ def resolve_backbone_weights(
         except Exception as error:  # any network failure means the same thing here
             raise WeightsUnavailableError(
                 f"ImageNet weights {filename} are not in {keras_cache_dir()} and cannot be "
-                f"downloaded ({type(error).__name__}). Copy the file from "
+                f"downloaded ({str(error)[:200] or type(error).__name__}). Copy the file from "
                 f"{MOBILENET_V2_WEIGHTS_URL}{filename} into {keras_cache_dir()}/, "
                 "or train from scratch with -P weights=none (CLI: --weights none)."
             ) from error
