@@ -85,6 +85,9 @@ def showdown_runs(tracking_uri):
     log_training_run("carpet", "l2_softmax", 0, 0.2, 0.2, extra_tags={"evaluated_model": "models:/x/1"})
     with mlflow.start_run():
         mlflow.set_tag("method", "compare")
+    with mlflow.start_run():  # a tuning study: its trials try other settings, they are not repeats
+        mlflow.set_tags({"method": "l2_softmax", "category": "carpet"})
+        log_training_run("carpet", "l2_softmax", 0, 0.3, 0.3, nested=True, extra_tags={"trial_number": 0})
     return counted
 
 
@@ -116,6 +119,8 @@ def test_compare_cli_writes_every_figure_and_a_table_matching_the_runs(showdown_
 
     page = (out_dir / "comparison.html").read_text()
     assert "(one run)" in page and "± " in page
+    assert "1 tuning trial run(s) (tag trial_number) were left out" in page
+    assert "1 training run(s) not FINISHED were left out" in page
     assert 'src="figures/synthetic-64px/carpet-test_tpr_tnr_best.png"' in page
 
     compare_run_id = re.search(r"compare run (\w+):", result.output).group(1)

@@ -3,9 +3,10 @@
 `compare_experiment` (``defectlab compare``, ``mlflow run . -e compare``)
 reads every run of one experiment and keeps the FINISHED training runs: runs
 tagged ``method`` ``ssim_ae`` or ``l2_softmax`` that are not the parent of
-other runs (the children of a ``repeats`` or tuning parent carry the metrics)
-nor ``evaluate`` runs (tag ``evaluated_model``); ``compare`` runs have
-``method=compare``. It writes:
+other runs (the children of a ``repeats`` parent carry the metrics), nor
+tuning trials (tag ``trial_number``: a trial is one point of a search, not a
+repeat), nor ``evaluate`` runs (tag ``evaluated_model``); ``compare`` runs have
+``method=compare``. What is left out is listed in the report's notes. It writes:
 
 - ``figures/<dataset>-<size>px/<category>-<metric>.png``: per category, box
   plots of ``test_tpr_tnr_best`` and ``test_image_auroc`` over repeats for SSIM
@@ -184,7 +185,16 @@ def training_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     is_parent = runs["run_id"].isin(parent_run_ids) | (repeats > 1)
     is_finished = runs["status"] == "FINISHED"
 
+    # A tuning trial is one point of a search over settings, not a repeat of one setting.
+    is_trial = _column(runs, "tags.trial_number").notna()
     notes = []
+    trials = runs[is_training & ~is_parent & is_trial]
+    if len(trials):
+        notes.append(
+            f"{len(trials)} tuning trial run(s) (tag trial_number) were left out: trials vary the "
+            "settings, so they are not repeats of one setting."
+        )
+    is_training &= ~is_trial
     unfinished = runs[is_training & ~is_parent & ~is_finished]
     if len(unfinished):
         notes.append(
