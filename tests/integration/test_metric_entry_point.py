@@ -1,0 +1,110 @@
+"""``mlflow run . -e metric`` end to end: the whole contract, and a detector that reloads elsewhere."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from .conftest import subprocess_environment
+
+pytestmark = pytest.mark.integration
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+REGISTERED_NAME = "defectlab-metric-carpet"
+CONTRACT_METRICS = (
+    "test_image_auroc", "test_tpr_tnr_best", "test_tpr_at_best", "test_tnr_at_best",
+    "test_threshold_best", "test_tpr_at_val_threshold", "test_tnr_at_val_threshold",
+    "val_image_auroc", "train_seconds", "train_images_per_second", "score_seconds",
+    "train_loss", "train_accuracy",
+)
+CONTRACT_ARTIFACTS = (
+    "scores.csv", "plots/roc.png", "plots/score_hist.png",
+    "ranking/top_defects.png", "ranking/hard_defects.png", "ranking/false_alarms.png",
+)
+# Scores images through the detector in a process that never saw the training run:
+# once from file paths, once from base64 PNG text (what a served request carries).
+RELOAD_SCRIPT = """
+import base64, json, sys
+import mlflow, pandas as pd
+detector = mlflow.pyfunc.load_model(sys.argv[1])
+paths = json.loads(sys.argv[2])
+from_paths = detector.predict(pd.DataFrame({"image": paths}))
+encoded = [base64.b64encode(open(path, "rb").read()).decode() for path in paths[:3]]
+from_base64 = detector.predict(pd.DataFrame({"image": encoded}))
+print(json.dumps({
+    "scores": from_paths["score"].tolist(),
+    "is_anomaly": from_paths["is_anomaly"].tolist(),
+    "base64_scores": from_base64["score"].tolist(),
+}))
+"""
+
+
+def test_metric_entry_point_leaves_the_contract_and_a_reloadable_detector(tracking_uri, tiny_dataset_root):
+    environment = subprocess_environment(tracking_uri)
+    completed = subprocess.run(
+        [str(Path(sys.executable).parent / "mlflow"), "run", str(PROJECT_ROOT), "-e", "metric",
+         "--env-manager", "local",
+         "-P", f"data_dir={tiny_dataset_root}", "-P", "category=carpet", "-P", "image_size=64",
+         "-P", "epochs=2", "-P", "batch_size=16", "-P", "weights=none",
+         "-P", f"register_as={REGISTERED_NAME}"],
+        env=environment, capture_output=True, text=True, timeout=900,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    for key in CONTRACT_METRICS:
+        assert np.isfinite(run.data.metrics[key]), key
+    defect_types = {"color", "cut", "hole", "metal_contamination", "thread"}
+    assert {key.removeprefix("test_auroc_") for key in run.data.metrics if key.startswith("test_auroc_")} <= defect_types
+    assert any(key.startswith("test_auroc_") for key in run.data.metrics)
+    assert {key: run.data.tags[key] for key in ("method", "category", "dataset", "ensemble_size", "weights")} == {
+        "method": "l2_softmax", "category": "carpet", "dataset": Path(tiny_dataset_root).name,
+        "ensemble_size": "1", "weights": "none",
+    }
+    client = mlflow.MlflowClient()
+    loss_history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [point.step for point in loss_history] == [0, 1]
+    for parameter in ("backbone_alpha", "softmax_scale", "reference_size", "lof_neighbors", "optimizer"):
+        assert parameter in run.data.params
+
+    artifact_paths = {
+        entry.path for folder in ("", "plots", "ranking")
+        for entry in client.list_artifacts(run.info.run_id, folder or None)
+    }
+    assert set(CONTRACT_ARTIFACTS) <= artifact_paths
+    logged_models = {
+        model.name: model
+        for model in mlflow.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list",
+        )
+    }
+    assert {"model", "detector"} <= set(logged_models)
+    version = client.get_registered_model(REGISTERED_NAME).latest_versions[0]
+    assert version.run_id == run.info.run_id
+
+    scores = pd.read_csv(client.download_artifacts(run.info.run_id, "scores.csv"))
+    assert list(scores.columns) == ["path", "label", "defect_type", "score", "split"]
+    assert set(scores["split"]) == {"threshold", "val", "test"}
+    test_rows = scores[scores["split"] == "test"]
+    reloaded = subprocess.run(
+        [sys.executable, "-c", RELOAD_SCRIPT, f"models:/{REGISTERED_NAME}/{version.version}",
+         json.dumps(test_rows["path"].tolist())],
+        env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert reloaded.returncode == 0, reloaded.stderr[-4000:]
+    predictions = json.loads(reloaded.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(predictions["scores"], test_rows["score"].to_numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predictions["base64_scores"], predictions["scores"][:3], rtol=1e-6)
+    heldout_good = scores.loc[scores["split"] == "threshold", "score"].max()
+    assert predictions["is_anomaly"] == (test_rows["score"] > heldout_good).tolist()
