@@ -1,0 +1,188 @@
+"""Costs of L2-softmax metric learning on one category, as ratios measured in one run.
+
+1. Training images/s through the real pipeline (`metric_learning.training_dataset`:
+   tf.data over the cached uint8 arrays, shuffle, batch, cast, prefetch) against
+   the same compiled model fitted on float tensors already in memory (the
+   ceiling). Goal: ratio >= 0.9. The first epoch of each fit (graph tracing) is
+   not timed.
+2. Detector images/s (the ``detector`` pyfunc from PNG bytes: decode, resize,
+   embed, LOF) against the bare Keras embedding network on decoded arrays.
+   Goal: ratio >= 0.8.
+3. MLflow logging time as a share of a whole `run_metric` at the CPU demo
+   settings: every MLflow call the run makes is timed. Goal: <= 10%.
+
+Run: ``python benchmarks/bench_metric.py`` (defaults are the demo's CPU settings:
+96 px, batch 32; ``--quick`` for a smaller check). Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from benchmark_utils import EpochTimer  # noqa: E402
+from defectlab import data, metric_learning  # noqa: E402
+from defectlab.config import MetricConfig  # noqa: E402
+from defectlab.detector import IMAGE_COLUMN, DefectDetector, encode_png, write_bundle  # noqa: E402
+from defectlab.experiment import run_metric  # noqa: E402
+from defectlab.models import build_l2_softmax_classifier, embedding_model  # noqa: E402
+
+
+def compiled_classifier(config: MetricConfig, num_classes: int) -> keras.Model:
+    keras.utils.set_random_seed(config.seed)
+    classifier = build_l2_softmax_classifier(
+        num_classes, config.image_size, config.backbone_alpha, None, config.softmax_scale
+    )
+    classifier.compile(
+        optimizer=metric_learning.make_optimizer(config.optimizer, config.learning_rate),
+        loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+    )
+    return classifier
+
+
+def timed_images_per_second(fit, images_per_epoch: int) -> float:
+    timer = EpochTimer()
+    fit(timer)
+    return images_per_epoch / float(np.median(timer.seconds[1:]))
+
+
+def training_throughput(config, target_images, references):
+    images = np.concatenate([target_images, references.images])
+    labels = np.concatenate([np.zeros(len(target_images), np.int32), references.labels])
+    num_classes = 1 + len(references.class_names)
+
+    pipeline_model = compiled_classifier(config, num_classes)
+    pipeline = timed_images_per_second(
+        lambda timer: pipeline_model.fit(
+            metric_learning.training_dataset(images, labels, config.batch_size, config.seed),
+            epochs=config.epochs, callbacks=[timer], verbose=0,
+        ),
+        len(images),
+    )
+    ceiling_model = compiled_classifier(config, num_classes)
+    float_images = images.astype(np.float32)
+    ceiling = timed_images_per_second(
+        lambda timer: ceiling_model.fit(
+            float_images, labels, batch_size=config.batch_size, epochs=config.epochs,
+            callbacks=[timer], verbose=0, shuffle=True,
+        ),
+        len(images),
+    )
+    return pipeline, ceiling, pipeline_model
+
+
+def inference_throughput(config, classifier, dataset, repeats: int = 3):
+    embedder = embedding_model(classifier)
+    good_embeddings = metric_learning.embed(embedder, dataset.images_of("train"))
+    scorer = metric_learning.EmbeddingLOFDetector([embedder], [good_embeddings], config.lof_neighbors)
+    with tempfile.TemporaryDirectory() as folder:
+        bundle = write_bundle(Path(folder) / "bundle", scorer, scorer.BUNDLE_METHOD, config.image_size, False, 1.0)
+        detector = DefectDetector().load_bundle(bundle)
+        test_images = dataset.images[dataset.table["split"].isin(["val", "test"]).to_numpy()]
+        request = pd.DataFrame({IMAGE_COLUMN: [encode_png(image) for image in test_images]})
+        detector.predict(None, request.head(4))  # warm-up: tracing
+        embedder.predict(test_images[:4].astype(np.float32), verbose=0)
+
+        def best_of(function) -> float:
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                function()
+                times.append(time.perf_counter() - start)
+            return len(test_images) / min(times)
+
+        detector_rate = best_of(lambda: detector.predict(None, request))
+        bare_rate = best_of(
+            lambda: embedder.predict(test_images.astype(np.float32), batch_size=64, verbose=0)
+        )
+    return detector_rate, bare_rate
+
+
+def logging_share(config: MetricConfig, tracking_dir: Path) -> tuple[float, float]:
+    """(seconds in MLflow calls, seconds of the whole run) of one run_metric."""
+    spent = {"seconds": 0.0}
+    targets = [
+        (mlflow, name) for name in (
+            "start_run", "end_run", "log_params", "log_metrics", "set_tags", "set_tag",
+            "log_artifact", "log_figure", "register_model",
+        )
+    ] + [(mlflow.keras, "log_model"), (mlflow.pyfunc, "log_model")]
+    originals = []
+    for owner, name in targets:
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def timed(*args, __original=original, **kwargs):
+            start = time.perf_counter()
+            try:
+                return __original(*args, **kwargs)
+            finally:
+                spent["seconds"] += time.perf_counter() - start
+
+        originals.append((owner, name, original))
+        setattr(owner, name, timed)
+    mlflow.set_tracking_uri(f"sqlite:///{tracking_dir / 'mlflow.db'}")
+    previous = os.getcwd()
+    os.chdir(tracking_dir)
+    try:
+        start = time.perf_counter()
+        run_metric(config)
+        total = time.perf_counter() - start
+    finally:
+        os.chdir(previous)
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+    return spent["seconds"], total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--category", default="carpet")
+    parser.add_argument("--data-dir", default="synthetic")
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="64 px, 3 epochs (a smoke run of the script)")
+    arguments = parser.parse_args()
+    if arguments.quick:
+        arguments.image_size, arguments.epochs = 64, 3
+    config = MetricConfig(
+        category=arguments.category, data_dir=arguments.data_dir, image_size=arguments.image_size,
+        epochs=arguments.epochs, batch_size=arguments.batch_size, weights="none",
+    )
+    dataset = data.load_category(config.data_dir, config.category, config.image_size, seed=config.seed)
+    references = metric_learning.load_reference_set(dataset.root, config.category, config.image_size)
+    target_images = dataset.images_of("train")
+    print(f"category {config.category}: {len(target_images)} target + {len(references.images)} reference images, "
+          f"{config.image_size} px, batch {config.batch_size}, {config.epochs} epochs")
+
+    pipeline, ceiling, classifier = training_throughput(
+        dataclasses.replace(config, epochs=3), target_images, references
+    )
+    print(f"training: pipeline {pipeline:.1f} img/s, in-memory tensors {ceiling:.1f} img/s, "
+          f"ratio {pipeline / ceiling:.2f} (goal >= 0.9)")
+
+    detector_rate, bare_rate = inference_throughput(config, classifier, dataset)
+    print(f"inference: detector from PNG bytes {detector_rate:.1f} img/s, bare Keras {bare_rate:.1f} img/s, "
+          f"ratio {detector_rate / bare_rate:.2f} (goal >= 0.8)")
+
+    with tempfile.TemporaryDirectory() as folder:
+        logging_seconds, total_seconds = logging_share(config, Path(folder))
+    print(f"run_metric at {config.image_size} px, {config.epochs} epochs: {total_seconds:.1f} s, "
+          f"MLflow calls {logging_seconds:.1f} s = {100 * logging_seconds / total_seconds:.1f}% (goal <= 10%)")
+
+
+if __name__ == "__main__":
+    main()
