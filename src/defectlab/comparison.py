@@ -156,9 +156,8 @@ def _column(runs: pd.DataFrame, name: str) -> pd.Series:
 
 def _tag_or_param(runs: pd.DataFrame, key: str) -> pd.Series:
     """Tag ``key`` where set, else param ``key`` (e.g. ``image_size`` is both)."""
-    return _column(runs, f"tags.{key}").where(
-        _column(runs, f"tags.{key}").notna(), _column(runs, f"params.{key}")
-    )
+    tag = _column(runs, f"tags.{key}")
+    return tag.where(tag.notna(), _column(runs, f"params.{key}"))
 
 
 def training_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -215,16 +214,19 @@ def training_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             f"{', '.join(COMPARED_METRICS)} and were left out: {', '.join(incomplete['run_id'])}"
         )
     candidates = candidates[complete]
+    # `ensemble_size` is a tag of every training run; older runs may only have the param `ensemble`.
     ensemble_sizes = pd.to_numeric(_tag_or_param(candidates, "ensemble_size"), errors="coerce")
-    ensemble_sizes = ensemble_sizes.fillna(pd.to_numeric(_column(candidates, "params.ensemble"), errors="coerce"))
+    ensemble_sizes = ensemble_sizes.fillna(
+        pd.to_numeric(_column(candidates, "params.ensemble"), errors="coerce")
+    ).fillna(1)
     training = pd.DataFrame({
         "run_id": candidates["run_id"],
         "dataset": _column(candidates, "tags.dataset").fillna("unknown dataset").astype(str),
         "image_size": image_sizes[complete].astype(int),
         "category": categories[complete].astype(str),
         "method": [
-            method_label(method, int(size) if np.isfinite(size) else 1)
-            for method, size in zip(_column(candidates, "tags.method"), ensemble_sizes.fillna(1))
+            method_label(method, int(size))
+            for method, size in zip(_column(candidates, "tags.method"), ensemble_sizes)
         ],
         "seed": pd.to_numeric(_column(candidates, "params.seed"), errors="coerce"),
         **{metric: pd.to_numeric(values[complete]) for metric, values in metric_columns.items()},
