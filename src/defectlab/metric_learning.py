@@ -10,6 +10,7 @@ After training, the pooled features of the network are the embedding a
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +108,11 @@ class RaiseOnNonFiniteLoss(keras.callbacks.Callback):
             raise NonFiniteLossError(f"training loss became {float(loss)} at batch {batch}")
 
 
+def progress_verbosity() -> int:
+    """Keras's progress bar in a terminal; one line per epoch in logs (``mlflow run``, CI)."""
+    return 1 if sys.stdout.isatty() else 2
+
+
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
     """SGD with momentum 0.9 (the article's choice) or Adam."""
     if name == "sgd":
@@ -137,7 +143,7 @@ def train_l2_softmax(
     weights_path: str | None,
     seed: int,
     callbacks: list | None = None,
-    verbose: int | str = "auto",
+    verbose: int | None = None,
 ) -> tuple[keras.Model, keras.callbacks.History]:
     """Train the L2-softmax classifier: target (class 0) against the reference classes.
 
@@ -164,7 +170,7 @@ def train_l2_softmax(
         training_dataset(images, labels, config.batch_size, seed),
         epochs=config.epochs,
         callbacks=[RaiseOnNonFiniteLoss(), *(callbacks or [])],
-        verbose=verbose,
+        verbose=progress_verbosity() if verbose is None else verbose,
     )
     return classifier, history
 
