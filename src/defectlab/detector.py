@@ -47,7 +47,10 @@ def _image_bytes(value, row: int) -> bytes:
         if not value:
             raise _invalid(f"row {row}: the image value is empty")
         if len(value) < 4096 and os.path.isfile(value):
-            return Path(value).read_bytes()
+            try:
+                return Path(value).read_bytes()
+            except OSError as error:
+                raise _invalid(f"row {row}: cannot read the image file {value} ({error})") from None
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):

@@ -11,13 +11,11 @@ from __future__ import annotations
 import base64
 import json
 import os
-import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,6 +32,7 @@ from defectlab.experiment import run_metric
 from defectlab.registry import promote
 
 from ..conftest import TINY_METRIC_OPTIONS
+from ..test_detector_input import blank_grayscale_png
 from .conftest import free_port, stop_process, wait_for_port
 
 pytestmark = pytest.mark.integration
@@ -132,22 +131,6 @@ def image_request(values, column: str = "image") -> bytes:
 
 def base64_file(path: str) -> str:
     return base64.b64encode(Path(path).read_bytes()).decode("ascii")
-
-
-def blank_grayscale_png(width: int, height: int) -> bytes:
-    """A valid PNG of ``width`` x ``height`` black pixels, written row by row (never held in memory)."""
-    compressor = zlib.compressobj(9)
-    row = b"\x00" * (width + 1)  # filter byte 0, then one byte per pixel
-    pixel_data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(payload)) + kind + payload
-            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixel_data) + chunk(b"IEND", b"")
 
 
 def test_first_registered_version_is_champion(champion_store):
