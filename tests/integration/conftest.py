@@ -31,6 +31,40 @@ def subprocess_environment(tracking_uri: str) -> dict:
     return environment
 
 
+def run_entry_point(project_root: Path, entry_point: str, parameters: dict, tracking_uri: str,
+                    timeout_seconds: float = 900) -> subprocess.CompletedProcess:
+    """``mlflow run <project_root> -e <entry_point> --env-manager local -P name=value ...`` into ``tracking_uri``."""
+    command = [str(Path(sys.executable).parent / "mlflow"), "run", str(project_root), "-e", entry_point,
+               "--env-manager", "local"]
+    for name, value in parameters.items():
+        command += ["-P", f"{name}={value}"]
+    return subprocess.run(
+        command, env=subprocess_environment(tracking_uri), capture_output=True, text=True,
+        timeout=timeout_seconds,
+    )
+
+
+def run_artifact_paths(run_id: str, folders=("", "plots", "ranking")) -> set[str]:
+    """Artifact paths of a run in its root and the given folders."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    return {entry.path for folder in folders for entry in client.list_artifacts(run_id, folder or None)}
+
+
+def logged_models_of_run(run) -> dict:
+    """``{name: LoggedModel}`` of the models a run logged (``model``, ``detector``...)."""
+    import mlflow
+
+    return {
+        model.name: model
+        for model in mlflow.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list",
+        )
+    }
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

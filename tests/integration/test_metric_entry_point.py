@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import subprocess_environment
+from .conftest import logged_models_of_run, run_artifact_paths, run_entry_point, subprocess_environment
 
 pytestmark = pytest.mark.integration
 
@@ -47,15 +47,10 @@ print(json.dumps({
 
 
 def test_metric_entry_point_leaves_the_contract_and_a_reloadable_detector(tracking_uri, tiny_dataset_root):
-    environment = subprocess_environment(tracking_uri)
-    completed = subprocess.run(
-        [str(Path(sys.executable).parent / "mlflow"), "run", str(PROJECT_ROOT), "-e", "metric",
-         "--env-manager", "local",
-         "-P", f"data_dir={tiny_dataset_root}", "-P", "category=carpet", "-P", "image_size=64",
-         "-P", "epochs=2", "-P", "batch_size=16", "-P", "weights=none",
-         "-P", f"register_as={REGISTERED_NAME}"],
-        env=environment, capture_output=True, text=True, timeout=900,
-    )
+    completed = run_entry_point(PROJECT_ROOT, "metric", {
+        "data_dir": tiny_dataset_root, "category": "carpet", "image_size": 64, "epochs": 2,
+        "batch_size": 16, "weights": "none", "register_as": REGISTERED_NAME,
+    }, tracking_uri)
     assert completed.returncode == 0, completed.stderr[-4000:]
 
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
@@ -77,18 +72,8 @@ def test_metric_entry_point_leaves_the_contract_and_a_reloadable_detector(tracki
     for parameter in ("backbone_alpha", "softmax_scale", "reference_size", "lof_neighbors", "optimizer"):
         assert parameter in run.data.params
 
-    artifact_paths = {
-        entry.path for folder in ("", "plots", "ranking")
-        for entry in client.list_artifacts(run.info.run_id, folder or None)
-    }
-    assert set(CONTRACT_ARTIFACTS) <= artifact_paths
-    logged_models = {
-        model.name: model
-        for model in mlflow.search_logged_models(
-            experiment_ids=[run.info.experiment_id],
-            filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list",
-        )
-    }
+    assert set(CONTRACT_ARTIFACTS) <= run_artifact_paths(run.info.run_id)
+    logged_models = logged_models_of_run(run)
     assert {"model", "detector"} <= set(logged_models)
     version = client.get_registered_model(REGISTERED_NAME).latest_versions[0]
     assert version.run_id == run.info.run_id
@@ -100,7 +85,7 @@ def test_metric_entry_point_leaves_the_contract_and_a_reloadable_detector(tracki
     reloaded = subprocess.run(
         [sys.executable, "-c", RELOAD_SCRIPT, f"models:/{REGISTERED_NAME}/{version.version}",
          json.dumps(test_rows["path"].tolist())],
-        env=environment, capture_output=True, text=True, timeout=300,
+        env=subprocess_environment(tracking_uri), capture_output=True, text=True, timeout=300,
     )
     assert reloaded.returncode == 0, reloaded.stderr[-4000:]
     predictions = json.loads(reloaded.stdout.strip().splitlines()[-1])

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import subprocess_environment
+from .conftest import logged_models_of_run, run_artifact_paths, run_entry_point, subprocess_environment
 
 pytestmark = pytest.mark.integration
 
@@ -46,15 +46,10 @@ print(json.dumps({
 
 
 def test_ssim_entry_point_leaves_the_contract_and_a_reloadable_detector(tracking_uri, tiny_dataset_root):
-    environment = subprocess_environment(tracking_uri)
-    completed = subprocess.run(
-        [str(Path(sys.executable).parent / "mlflow"), "run", str(PROJECT_ROOT), "-e", "ssim",
-         "--env-manager", "local",
-         "-P", f"data_dir={tiny_dataset_root}", "-P", "category=carpet", "-P", "image_size=64",
-         "-P", "epochs=1", "-P", "augment_to=64", "-P", "batch_size=16", "-P", "latent_dim=16",
-         "-P", f"register_as={REGISTERED_NAME}"],
-        env=environment, capture_output=True, text=True, timeout=600,
-    )
+    completed = run_entry_point(PROJECT_ROOT, "ssim", {
+        "data_dir": tiny_dataset_root, "category": "carpet", "image_size": 64, "epochs": 1,
+        "augment_to": 64, "batch_size": 16, "latent_dim": 16, "register_as": REGISTERED_NAME,
+    }, tracking_uri)
     assert completed.returncode == 0, completed.stderr[-4000:]
 
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
@@ -72,18 +67,8 @@ def test_ssim_entry_point_leaves_the_contract_and_a_reloadable_detector(tracking
     assert run.data.params["image_size"] == "64" and run.data.params["grayscale"] == "True"
 
     client = mlflow.MlflowClient()
-    artifact_paths = {
-        entry.path for folder in ("", "plots", "ranking", "heatmaps")
-        for entry in client.list_artifacts(run.info.run_id, folder or None)
-    }
-    assert set(CONTRACT_ARTIFACTS) <= artifact_paths
-    logged_models = {
-        model.name: model
-        for model in mlflow.search_logged_models(
-            experiment_ids=[run.info.experiment_id],
-            filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list",
-        )
-    }
+    assert set(CONTRACT_ARTIFACTS) <= run_artifact_paths(run.info.run_id, ("", "plots", "ranking", "heatmaps"))
+    logged_models = logged_models_of_run(run)
     assert {"model", "detector"} <= set(logged_models)
     assert client.get_registered_model(REGISTERED_NAME).latest_versions
 
@@ -93,7 +78,7 @@ def test_ssim_entry_point_leaves_the_contract_and_a_reloadable_detector(tracking
     reloaded = subprocess.run(
         [sys.executable, "-c", RELOAD_SCRIPT, logged_models["detector"].model_uri,
          json.dumps(test_rows["path"].tolist())],
-        env=environment, capture_output=True, text=True, timeout=300,
+        env=subprocess_environment(tracking_uri), capture_output=True, text=True, timeout=300,
     )
     assert reloaded.returncode == 0, reloaded.stderr[-4000:]
     predictions = json.loads(reloaded.stdout.strip().splitlines()[-1])
