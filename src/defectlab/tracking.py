@@ -437,17 +437,43 @@ def use_experiment_for_new_runs(experiment_name: str) -> None:
 
 # Tuning: a parent run per study invocation, one nested run per trial (see defectlab.tuning).
 
-def prepare_tracking_store(attempts: int = 5, backoff_seconds: float = 0.5) -> None:
-    """Open the tracking store once, retrying while concurrent processes create it.
+@contextlib.contextmanager
+def sqlite_creation_lock(database_url: str):
+    """Hold an exclusive lock beside a SQLite database file (no-op for other URLs).
 
-    Several ``defectlab tune`` workers started together on a new SQLite store
-    race to create its tables (one sees "table already exists" half-way); the
-    loser only has to try again once the winner is done.
+    Processes started together on a new SQLite database race to create its
+    tables, and the loser fails half-way ("table ... already exists"). Taking
+    this lock around the first open serialises them: the second finds the
+    schema complete.
+    """
+    prefix = "sqlite:///"
+    if not database_url.startswith(prefix) or database_url.endswith(":memory:"):
+        yield
+        return
+    import fcntl
+
+    database_path = Path(database_url[len(prefix):].split("?")[0]).expanduser()
+    database_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(database_path.with_name(database_path.name + ".lock"), "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def prepare_tracking_store(attempts: int = 8, backoff_seconds: float = 1.0) -> None:
+    """Open the tracking store once, before workers start logging concurrently.
+
+    A new SQLite store is created under `sqlite_creation_lock`; for a database
+    server, whose schema migrations can race too, a failed attempt is retried
+    once the winner has had time to finish.
     """
     check_tracking_server()
     for attempt in range(1, attempts + 1):
         try:
-            mlflow.search_experiments(max_results=1)
+            with sqlite_creation_lock(tracking_uri()):
+                mlflow.search_experiments(max_results=1)
             return
         except Exception:
             if attempt == attempts:

@@ -367,7 +367,8 @@ def open_storage(tune_config: TuneConfig) -> optuna.storages.RDBStorage:
         )
 
     try:
-        return _with_retries(f"opening the Optuna storage {_describe_url(url)}", create)
+        with tracking.sqlite_creation_lock(url):
+            return _with_retries(f"opening the Optuna storage {_describe_url(url)}", create)
     except ImportError as error:
         raise ConfigError(f"storage {_describe_url(url)} needs a database driver that is not installed: {error}") from error
 
