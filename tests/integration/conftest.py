@@ -44,6 +44,21 @@ def run_entry_point(project_root: Path, entry_point: str, parameters: dict, trac
     )
 
 
+def the_one_finished_run(required_metrics):
+    """The store's only run, checked FINISHED with a finite value for every ``required_metrics`` key."""
+    import math
+
+    import mlflow
+
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(runs) == 1, f"expected one run, found {len(runs)}"
+    run = runs[0]
+    assert run.info.status == "FINISHED", run.data.tags.get("failure_reason")
+    for key in required_metrics:
+        assert math.isfinite(run.data.metrics[key]), key
+    return run
+
+
 def run_artifact_paths(run_id: str, folders=("", "plots", "ranking")) -> set[str]:
     """Artifact paths of a run in its root and the given folders."""
     import mlflow

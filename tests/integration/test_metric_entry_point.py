@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import logged_models_of_run, run_artifact_paths, run_entry_point, subprocess_environment
+from .conftest import (
+    logged_models_of_run, run_artifact_paths, run_entry_point, subprocess_environment, the_one_finished_run,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -53,12 +55,7 @@ def test_metric_entry_point_leaves_the_contract_and_a_reloadable_detector(tracki
     }, tracking_uri)
     assert completed.returncode == 0, completed.stderr[-4000:]
 
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    assert len(runs) == 1
-    run = runs[0]
-    assert run.info.status == "FINISHED"
-    for key in CONTRACT_METRICS:
-        assert np.isfinite(run.data.metrics[key]), key
+    run = the_one_finished_run(CONTRACT_METRICS)
     defect_types = {"color", "cut", "hole", "metal_contamination", "thread"}
     assert {key.removeprefix("test_auroc_") for key in run.data.metrics if key.startswith("test_auroc_")} <= defect_types
     assert any(key.startswith("test_auroc_") for key in run.data.metrics)

@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import logged_models_of_run, run_artifact_paths, run_entry_point, subprocess_environment
+from .conftest import (
+    logged_models_of_run, run_artifact_paths, run_entry_point, subprocess_environment, the_one_finished_run,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -52,12 +54,7 @@ def test_ssim_entry_point_leaves_the_contract_and_a_reloadable_detector(tracking
     }, tracking_uri)
     assert completed.returncode == 0, completed.stderr[-4000:]
 
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    assert len(runs) == 1
-    run = runs[0]
-    assert run.info.status == "FINISHED"
-    for key in CONTRACT_METRICS:
-        assert np.isfinite(run.data.metrics[key]), key
+    run = the_one_finished_run(CONTRACT_METRICS)
     assert 0.0 <= run.data.metrics["test_aupro"] <= 1.0
     assert any(key.startswith("test_auroc_") for key in run.data.metrics)
     assert {key: run.data.tags[key] for key in ("method", "category", "dataset", "ensemble_size")} == {
