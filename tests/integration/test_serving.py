@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 import time
@@ -33,10 +32,13 @@ from defectlab.registry import promote
 
 from ..conftest import TINY_METRIC_OPTIONS
 from ..test_detector_input import blank_grayscale_png
-from .conftest import free_port, stop_process, wait_for_port
+from .conftest import (
+    free_port, run_artifact_paths, run_entry_point, stop_process, subprocess_environment, wait_for_port,
+)
 
 pytestmark = pytest.mark.integration
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "defectlab-metric-carpet"
 CHAMPION_URI = f"models:/{MODEL_NAME}@champion"
 SERVER_START_SECONDS = 180
@@ -99,11 +101,6 @@ def _http(url: str, body: bytes | None = None, content_type: str = "application/
 def detector_server(champion_store):
     """``mlflow models serve -m models:/NAME@champion --env-manager local`` on a free port."""
     port = free_port()
-    environment = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": champion_store.uri,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
     log_path = champion_store.folder / "serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -111,7 +108,8 @@ def detector_server(champion_store):
                 str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", CHAMPION_URI,
                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
             ],
-            cwd=champion_store.folder, env=environment, stdout=log, stderr=subprocess.STDOUT,
+            cwd=champion_store.folder, env=subprocess_environment(champion_store.uri),
+            stdout=log, stderr=subprocess.STDOUT,
         )
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -206,7 +204,6 @@ def test_evaluate_logs_a_run_with_the_contract_metrics_and_artifacts(champion_st
     )
 
     assert result.exit_code == 0, result.output
-    client = MlflowClient()
     runs = mlflow.search_runs(
         search_all_experiments=True, filter_string=f"tags.evaluated_model = '{CHAMPION_URI}'",
         output_format="list",
@@ -219,11 +216,7 @@ def test_evaluate_logs_a_run_with_the_contract_metrics_and_artifacts(champion_st
     assert run.data.tags["dataset"] == champion_store.data_root.name
     assert run.data.tags["ensemble_size"] == "1"
     assert set(CONTRACT_METRICS) <= set(run.data.metrics)
-    logged_paths = {
-        item.path for folder in ("", "plots", "ranking")
-        for item in client.list_artifacts(run.info.run_id, folder or None)
-    }
-    assert set(CONTRACT_ARTIFACTS) <= logged_paths
+    assert set(CONTRACT_ARTIFACTS) <= run_artifact_paths(run.info.run_id)
     # Same data, same seed, same detector: evaluate reproduces the training run's scores.
     evaluated_scores = pd.read_csv(
         mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="scores.csv")
@@ -235,3 +228,15 @@ def test_evaluate_logs_a_run_with_the_contract_metrics_and_artifacts(champion_st
         champion_store.training.metrics["test_image_auroc"]
     )
 
+
+
+def test_promote_entry_point_exits_zero_when_the_alias_stays(champion_store):
+    """``mlflow run . -e promote`` renders its parameters (an empty ``version``) and exits 0 on "not promoted"."""
+    completed = run_entry_point(
+        PROJECT_ROOT, "promote", {"model_name": MODEL_NAME}, champion_store.uri, timeout_seconds=300
+    )
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "already is the champion" in completed.stdout
+    aliases = MlflowClient().get_registered_model(MODEL_NAME).aliases
+    assert str(aliases["champion"]) == champion_store.decision.candidate_version
