@@ -5,6 +5,8 @@
 (training and scoring) is in ``metric_learning`` and ``autoencoder``; the
 evaluation, logging, bundling and registering are one shared tail
 (`finish_training_run`, over ``evaluation`` and ``tracking``).
+``run_evaluate`` (``defectlab evaluate``) scores an already logged detector
+and logs its run through the same ``evaluation`` and ``tracking`` path.
 """
 
 from __future__ import annotations
