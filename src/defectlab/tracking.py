@@ -215,7 +215,6 @@ def training_run(config, tags: dict, run_name: str | None = None, nested: bool =
     """
     check_tracking_server()
     with tracked_run(dataclasses.asdict(config), tags, run_name=run_name, nested=nested) as run:
-        check_artifact_store(run.info.artifact_uri)
         yield run
 
 
@@ -226,9 +225,12 @@ def tracked_run(params: dict, tags: dict, run_name: str | None = None, nested: b
     The same life cycle as `training_run` for runs that have no config
     dataclass (e.g. the ``compare`` report): FINISHED on success, FAILED (KILLED
     for Ctrl-C) with the tag ``failure_reason`` on an exception, which propagates.
+    The artifact store is checked first (`check_artifact_store`), so a missing
+    bucket ends the run before any work.
     """
     run = mlflow.start_run(run_name=run_name, nested=nested)
     try:
+        check_artifact_store(run.info.artifact_uri)
         # Under `mlflow run` the entry point's parameters are already logged, empty strings
         # as the shell-quoted "''": logging "" again would be refused as a changed value.
         already_logged = set(run.data.params)

@@ -207,8 +207,13 @@ def training_forbidden(monkeypatch):
 
 
 def cli_training_options(command: str, data_dir: Path) -> list[str]:
+    """``defectlab <command>`` with tiny settings (``tune``: a one-trial study in the current folder)."""
     options = ["--data-dir", str(data_dir), "--image-size", str(TINY_IMAGE_SIZE), "--epochs", "1"]
-    return [command, *options, *(["--weights", "none"] if command == "metric" else [])]
+    if command in ("metric", "tune"):
+        options += ["--weights", "none"]
+    if command == "tune":
+        options += ["--n-trials", "1", "--storage", "sqlite:///optuna.db"]
+    return [command, *options]
 
 
 # The stack working
@@ -317,7 +322,7 @@ def test_two_tune_workers_share_a_postgresql_study_and_log_to_the_server(
 # Faults
 
 
-@pytest.mark.parametrize("command", ["metric", "ssim"])
+@pytest.mark.parametrize("command", ["metric", "ssim", "tune"])
 def test_unreachable_tracking_server_is_reported_before_training(
     command, tiny_dataset_root, training_forbidden, monkeypatch, tmp_path
 ):
@@ -332,21 +337,23 @@ def test_unreachable_tracking_server_is_reported_before_training(
     assert f"cannot reach the MLflow tracking server at {closed_port_uri}" in result.output
 
 
+@pytest.mark.parametrize("command", ["metric", "tune"])
 def test_missing_bucket_behind_the_server_is_named_before_training(
-    team_servers, tiny_dataset_root, training_forbidden, monkeypatch, tmp_path
+    command, team_servers, tiny_dataset_root, training_forbidden, monkeypatch, tmp_path
 ):
     from defectlab.cli import main
 
     monkeypatch.chdir(tmp_path)
     server = team_servers["missing_bucket"]
     use_tracking_server(monkeypatch, server.uri)
-    result = CliRunner().invoke(main, cli_training_options("metric", tiny_dataset_root))
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"missing-bucket-{command}")
+    result = CliRunner().invoke(main, cli_training_options(command, tiny_dataset_root))
     assert result.exit_code == 1, result.output
     assert "ArtifactStoreError" in result.output
     assert f"s3://{MISSING_BUCKET}" in result.output
     # The run that could not store its artifacts says why
     client = mlflow.MlflowClient(server.uri)
-    [run] = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
+    [run] = client.search_runs([client.get_experiment_by_name(f"missing-bucket-{command}").experiment_id])
     assert run.info.status == "FAILED"
     assert MISSING_BUCKET in run.data.tags["failure_reason"]
 
