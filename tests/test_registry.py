@@ -167,3 +167,10 @@ def test_promote_command_reports_an_unknown_model_as_an_error(tracking_uri):
 
     assert result.exit_code == 1
     assert "RegistryError" in result.output and "nobody" in result.output
+
+
+def test_a_version_that_is_not_a_number_is_an_unknown_version(tracking_uri):
+    register_version({"test_image_auroc": 0.8})
+
+    with pytest.raises(RegistryError, match="has no version 'latest'"):
+        promote(MODEL_NAME, version="latest")

@@ -78,16 +78,22 @@ def _registered_model(client: MlflowClient, model_name: str):
     try:
         return client.get_registered_model(model_name)
     except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise RegistryError(f"cannot read registered model {model_name!r}: {error.message}") from None
         raise RegistryError(
-            f"no registered model named {model_name!r} in the registry "
-            f"({error.error_code}); register one with --register-as"
+            f"no registered model named {model_name!r} in the registry; register one with --register-as"
         ) from None
 
 
 def _model_version(client: MlflowClient, model_name: str, version: str):
     try:
         return client.get_model_version(model_name, str(version))
-    except MlflowException:
+    except MlflowException as error:
+        # A version that is not a number is refused as an invalid parameter, not as missing.
+        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise RegistryError(
+                f"cannot read {model_name} version {version}: {error.message}"
+            ) from None
         raise RegistryError(f"registered model {model_name!r} has no version {version!r}") from None
 
 
