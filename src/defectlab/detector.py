@@ -215,7 +215,7 @@ class DetectorUnavailableError(RuntimeError):
 
 
 def load_logged_detector(model_uri: str):
-    """Load a logged ``detector`` pyfunc and its bundle description.
+    """Load a logged ``detector`` pyfunc and the `DefectDetector` inside it.
 
     Parameters
     ----------
@@ -226,9 +226,10 @@ def load_logged_detector(model_uri: str):
     -------
     pyfunc_model : mlflow.pyfunc.PyFuncModel
         Its ``predict`` is the path the scoring server takes (signature enforcement, decoding).
-    bundle_config : dict
-        ``detector.json`` of the bundle: ``method``, ``image_size``, ``grayscale``,
-        ``threshold`` (``score > threshold`` is flagged) and the method's own entries.
+    detector : DefectDetector
+        The loaded python model: ``bundle_config`` (``detector.json``: ``method``,
+        ``image_size``, ``grayscale``, ``threshold``, the method's own entries),
+        ``threshold`` (``score > threshold`` is flagged) and ``scorer``.
     """
     try:
         pyfunc_model = mlflow.pyfunc.load_model(model_uri)
@@ -245,7 +246,7 @@ def load_logged_detector(model_uri: str):
             f"{model_uri} is not a defectlab detector (its python model is a "
             f"{type(python_model).__name__})"
         )
-    return pyfunc_model, dict(python_model.bundle_config)
+    return pyfunc_model, python_model
 
 
 def bundle_ensemble_size(bundle_config: dict) -> int:

@@ -409,28 +409,49 @@ def run_evaluate(config: EvaluateConfig, run_name: str | None = None) -> RunResu
     The detector's own threshold is used (not one re-chosen on this data), so
     ``test_tpr_at_val_threshold``/``test_tnr_at_val_threshold`` say how the
     deployed detector does. Metrics, ``scores.csv``, plots and ranked grids go
-    through the same `evaluation.evaluate` and `tracking.log_evaluation` as training.
+    through the same `evaluation.evaluate` and `tracking.log_evaluation` as
+    training. A detector that makes anomaly maps (SSIM autoencoder) also gets
+    the training run's ``test_pixel_auroc``/``test_aupro`` and ``heatmaps/``.
     """
     from defectlab.detector import load_logged_detector
 
     config.validate()
     tracking.check_tracking_server()
-    pyfunc_model, bundle_config = load_logged_detector(config.model_uri)
+    pyfunc_model, detector = load_logged_detector(config.model_uri)
+    bundle_config = detector.bundle_config
+    detector_size, grayscale = bundle_config["image_size"], bundle_config["grayscale"]
     dataset = data.load_category(
-        config.data_dir, config.category, config.image_size or bundle_config["image_size"],
-        grayscale=bundle_config["grayscale"], seed=config.seed,
+        config.data_dir, config.category, config.image_size or detector_size,
+        grayscale=grayscale, seed=config.seed,
     )
     scored = evaluation.scored_rows(dataset.table)
     scored_table = dataset.table[scored]
+    makes_maps = hasattr(detector.scorer, "score_images_with_maps")
+    if makes_maps:
+        masks = data.load_masks(scored_table, detector_size)
+        images_at_detector_size = (
+            dataset.images[scored] if dataset.images.shape[1] == detector_size
+            else data.load_images(scored_table["path"].tolist(), detector_size, grayscale)
+        )
 
     with tracking.training_run(
         config, evaluation_tags(config, bundle_config, dataset), run_name=run_name
     ) as run:
+        extra_figures = None
         with tracking.Stopwatch() as score_watch:
-            scores = score_image_files(pyfunc_model, scored_table["path"].tolist(), config.batch_size)
-        result = evaluation.evaluate(scored_table, scores, threshold=bundle_config["threshold"])
+            if makes_maps:
+                # Maps come from the scorer itself: the pyfunc returns them only as nested lists.
+                scores, anomaly_maps = detector.scorer.score_images_with_maps(images_at_detector_size)
+            else:
+                scores = score_image_files(pyfunc_model, scored_table["path"].tolist(), config.batch_size)
+        result = evaluation.evaluate(scored_table, scores, threshold=detector.threshold)
         result.metrics["score_seconds"] = score_watch.seconds
-        tracking.log_evaluation(result, dataset.images[scored])
+        if makes_maps:
+            result.metrics.update(pixel_metrics(scored_table, masks, anomaly_maps))
+            extra_figures = ssim_heatmap_figures(
+                result, detector.scorer, images_at_detector_size, anomaly_maps, masks
+            )
+        tracking.log_evaluation(result, dataset.images[scored], extra_figures)
         return RunResult(
             run_id=run.info.run_id, metrics=dict(result.metrics), detector_uri=config.model_uri
         )

@@ -76,10 +76,10 @@ def champion_store(tmp_path_factory, tiny_dataset_root, session_cache_dir):
         offline_scores = pd.read_csv(
             mlflow.artifacts.download_artifacts(run_id=training.run_id, artifact_path="scores.csv")
         )
-        _, bundle_config = load_logged_detector(CHAMPION_URI)
+        _, champion_detector = load_logged_detector(CHAMPION_URI)
         yield SimpleNamespace(
             uri=uri, folder=folder, training=training, decision=decision,
-            offline_scores=offline_scores, threshold=bundle_config["threshold"],
+            offline_scores=offline_scores, threshold=champion_detector.threshold,
             data_root=tiny_dataset_root,
         )
 
@@ -240,3 +240,4 @@ def test_promote_entry_point_exits_zero_when_the_alias_stays(champion_store):
     assert "already is the champion" in completed.stdout
     aliases = MlflowClient().get_registered_model(MODEL_NAME).aliases
     assert str(aliases["champion"]) == champion_store.decision.candidate_version
+
