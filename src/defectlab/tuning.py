@@ -442,9 +442,14 @@ def validation_scorer(method: str, dataset: data.CategoryData, config):
         from defectlab.scoring import LOFScorer
 
         good_train_images = dataset.images_of("train")
+        # One embedding model per network in training: Keras traces a model's predict
+        # function at its first call (seconds on a CPU), so a new one per scoring costs that each time.
+        embedder_of = {"classifier": None, "embedder": None}
 
         def score(classifier: keras.Model) -> float:
-            embedder = embedding_model(classifier)
+            if embedder_of["classifier"] is not classifier:
+                embedder_of.update(classifier=classifier, embedder=embedding_model(classifier))
+            embedder = embedder_of["embedder"]
             scorer = LOFScorer(config.lof_neighbors).fit(embed(embedder, good_train_images))
             return image_auroc(val_labels, scorer.score_samples(embed(embedder, val_images)))
 
