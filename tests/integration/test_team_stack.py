@@ -32,7 +32,9 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import TINY_IMAGE_SIZE
-from tests.integration.conftest import free_port, stop_process, wait_for_port
+from tests.integration.conftest import (
+    free_port, logged_models_of_run, run_entry_point, stop_process, subprocess_environment, wait_for_port,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -108,22 +110,8 @@ def start_mlflow_server(backend_store_uri: str, artifacts_destination: str, s3_e
     return MlflowServer(process, port, log_path)
 
 
-def client_environment(tracking_uri: str) -> dict:
-    """A client's environment: the server's URI, the venv's commands, no S3 access of its own."""
-    environment = {key: value for key, value in os.environ.items() if key not in CLIENT_S3_VARIABLES}
-    environment.update({
-        **NO_TELEMETRY,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PATH": f"{VENV_BIN}{os.pathsep}{environment.get('PATH', '')}",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-    })
-    environment.pop("MLFLOW_RUN_ID", None)
-    environment.pop("MLFLOW_EXPERIMENT_ID", None)
-    return environment
-
-
 def use_tracking_server(monkeypatch, tracking_uri: str) -> None:
-    """Point this process's MLflow client at ``tracking_uri``, without S3 access of its own."""
+    """Point this process's MLflow client (and its child processes) at ``tracking_uri``, without S3 access of its own."""
     for key in (*CLIENT_S3_VARIABLES, "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
@@ -226,17 +214,11 @@ def test_mlflow_run_logs_artifacts_and_models_into_the_bucket_and_promotes(
     from defectlab.detector import IMAGE_COLUMN
 
     server = team_servers["team"]
+    monkeypatch.chdir(tmp_path)
+    use_tracking_server(monkeypatch, server.uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", EXPERIMENT_NAME)
     parameters = {**TINY_TRAINING_PARAMETERS, "data_dir": tiny_dataset_root, "register_as": MODEL_NAME}
-    command = [
-        str(VENV_BIN / "mlflow"), "run", str(REPO_ROOT), "-e", "metric", "--env-manager", "local",
-        "--experiment-name", EXPERIMENT_NAME,
-    ]
-    for name, value in parameters.items():
-        command += ["-P", f"{name}={value}"]
-    completed = subprocess.run(
-        command, cwd=tmp_path, env=client_environment(server.uri),
-        capture_output=True, text=True, timeout=600,
-    )
+    completed = run_entry_point(REPO_ROOT, "metric", parameters, server.uri, timeout_seconds=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
 
     client = mlflow.MlflowClient(server.uri)
@@ -258,14 +240,7 @@ def test_mlflow_run_logs_artifacts_and_models_into_the_bucket_and_promotes(
     assert list(scores.columns[:5]) == ["path", "label", "defect_type", "score", "split"]
 
     # ... and so are the logged models' files
-    use_tracking_server(monkeypatch, server.uri)
-    logged_models = {
-        model.name: model
-        for model in mlflow.search_logged_models(
-            experiment_ids=[experiment.experiment_id],
-            filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list",
-        )
-    }
+    logged_models = logged_models_of_run(run)
     assert {"model", "detector"} <= set(logged_models)
     for logged_model in logged_models.values():
         model_prefix = f"mlartifacts/{experiment.experiment_id}/models/{logged_model.model_id}/artifacts/"
@@ -295,16 +270,17 @@ def test_two_tune_workers_share_a_postgresql_study_and_log_to_the_server(
     from tests.integration.test_tuning_runs import run_workers, tiny_tune_config, worker_command
 
     server = team_servers["team"]
+    monkeypatch.chdir(tmp_path)
+    use_tracking_server(monkeypatch, server.uri)
     storage = postgres_server.create_database("optuna_team")
     tune_config = tiny_tune_config(tmp_path, storage, n_trials=2, study_name="team-metric-carpet")
     command = worker_command(tune_config, tiny_dataset_root)
-    run_workers([command, command], client_environment(server.uri))
+    run_workers([command, command], subprocess_environment(server.uri))
 
     study = optuna.load_study(study_name="team-metric-carpet", storage=storage)
     done = [trial for trial in study.trials if trial.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(done) == 2
 
-    use_tracking_server(monkeypatch, server.uri)
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     parents = [run for run in runs if run.data.tags.get("study_name") == "team-metric-carpet"
                and "mlflow.parentRunId" not in run.data.tags]
