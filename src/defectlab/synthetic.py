@@ -44,6 +44,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from defectlab.data import default_cache_dir
+
 __all__ = [
     "CATEGORY_DEFECT_TYPES",
     "GENERATOR_VERSION",
@@ -1078,12 +1080,6 @@ def generate_dataset(
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
     return out_dir
-
-
-def default_cache_dir() -> Path:
-    """Where generated datasets are cached: ``$DEFECTLAB_CACHE`` or ``~/.cache/defectlab``."""
-    configured = os.environ.get("DEFECTLAB_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "defectlab"
 
 
 def _spec_fingerprint(spec: SyntheticSpec) -> str:
