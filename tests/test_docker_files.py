@@ -222,3 +222,15 @@ def test_kubernetes_job_runs_parallel_tune_workers_on_one_study():
     assert "secretKeyRef" in environment["OPTUNA_STORAGE"]["valueFrom"]
     assert context.params["storage"] == "<OPTUNA_STORAGE from its secret>"
     assert context.params["study_name"]
+
+
+@pytest.mark.parametrize("worker, dockerfile", [("tune", DOCKERFILES[0]), ("tune-gpu", DOCKERFILES[1])])
+def test_writable_worker_volumes_are_folders_the_image_user_owns(compose, worker, dockerfile):
+    """A new named volume takes the owner of the image's folder; a missing folder would be root's."""
+    owned = set()
+    for match in re.finditer(r"chown defectlab:defectlab ([^\n\\]+)", dockerfile.read_text()):
+        owned.update(match.group(1).split())
+    for volume in compose["services"][worker]["volumes"]:
+        source, target, *mode = volume.split(":")
+        if mode != ["ro"]:
+            assert target in owned, f"{worker}: {target} is not created for the image user in {dockerfile.name}"
