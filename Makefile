@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+export MLFLOW_DISABLE_TELEMETRY ?= true
 
 # CPU-sized demo settings (the MLproject defaults are the article's GPU settings).
 DEMO_CATEGORY ?= carpet
