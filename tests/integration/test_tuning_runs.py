@@ -321,3 +321,36 @@ def test_ctrl_c_marks_the_running_trial_and_stops_cleanly(tmp_path, tracking_uri
     parent = mlflow.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.info.status == "KILLED"
     assert parent.data.metrics["trials_fail"] == 1
+
+
+# Opens the study at a given moment, so that all workers hit a new database together.
+OPEN_STUDY_SCRIPT = """
+import sys, time
+from defectlab.config import TuneConfig
+from defectlab.tuning import open_study
+storage, start_at = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start_at - time.time()))
+study = open_study(TuneConfig(storage=storage, study_name="race"))
+print(study.study_name)
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_workers_opening_a_new_database_at_the_same_moment_all_join_one_study(tmp_path, backend, request):
+    # Plain optuna.create_study fails here on PostgreSQL for most workers (schema creation
+    # races: duplicate key in pg_type); open_study must not.
+    if backend == "sqlite":
+        storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    else:
+        storage = request.getfixturevalue("postgres_server").create_database("tuning_race")
+    start_at = time.time() + 15  # after every worker has imported TensorFlow
+    workers = [
+        subprocess.Popen([sys.executable, "-c", OPEN_STUDY_SCRIPT, storage, str(start_at)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    for worker in workers:
+        stdout, stderr = worker.communicate(timeout=300)
+        assert worker.returncode == 0, stderr[-3000:]
+        assert stdout.strip().splitlines()[-1] == "race"
+    assert optuna.get_all_study_names(storage) == ["race"]
