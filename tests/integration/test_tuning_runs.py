@@ -354,3 +354,28 @@ def test_workers_opening_a_new_database_at_the_same_moment_all_join_one_study(tm
         assert worker.returncode == 0, stderr[-3000:]
         assert stdout.strip().splitlines()[-1] == "race"
     assert optuna.get_all_study_names(storage) == ["race"]
+
+
+def test_ssim_study_searches_the_bottleneck_and_prunes_on_the_autoencoders_scores(
+    tmp_path, tracking_uri, tiny_dataset_root
+):
+    space = tmp_path / "ssim_space.yaml"
+    space.write_text("latent_dim: {type: int, low: 8, high: 32, log: true}\n")
+    tune_config = TuneConfig(
+        method="ssim", data_dir=str(tiny_dataset_root), storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        search_space=str(space), n_trials=1, pruning_interval=1,
+    )
+    base = tuning.base_training_config(tune_config, {
+        "image_size": 64, "epochs": 2, "batch_size": 16, "augment_to": 32, "latent_dim": None,
+    })
+    result = tuning.run_study(tune_config, base)
+
+    assert result.trial_counts["COMPLETE"] == 1
+    run = mlflow.get_run(result.best_run_id)
+    assert run.data.tags["method"] == "ssim_ae" and run.data.tags["trial_state"] == "COMPLETE"
+    assert run.data.params["latent_dim"] == str(result.best_params["latent_dim"])
+    assert run.data.params["image_size"] == "64" and run.data.params["augment_to"] == "32"
+    # Scored after epoch 1 of 2 (never after the last: the run's own scoring follows).
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "intermediate_val_image_auroc")
+    assert [point.step for point in history] == [1]
+    assert result.best_value == pytest.approx(run.data.metrics["val_image_auroc"])
