@@ -358,6 +358,7 @@ def open_storage(tune_config: TuneConfig) -> optuna.storages.RDBStorage:
     engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_SECONDS}} if backend == "sqlite" else {"pool_pre_ping": True}
 
     def create():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
         return optuna.storages.RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
@@ -367,7 +368,7 @@ def open_storage(tune_config: TuneConfig) -> optuna.storages.RDBStorage:
         )
 
     try:
-        with tracking.sqlite_creation_lock(url):
+        with tracking.sqlite_creation_lock(url), warnings.catch_warnings():
             return _with_retries(f"opening the Optuna storage {_describe_url(url)}", create)
     except ImportError as error:
         raise ConfigError(f"storage {_describe_url(url)} needs a database driver that is not installed: {error}") from error
@@ -664,10 +665,16 @@ def run_worker_trials(study: optuna.Study, objective: StudyObjective, tune_confi
             time.sleep(tune_config.heartbeat_interval)
             continue
         finished = []
-        study.optimize(
-            objective, n_trials=1, catch=(Exception,),
-            callbacks=[lambda _study, trial: finished.append(trial)],
-        )
+        try:
+            study.optimize(
+                objective, n_trials=1, catch=(Exception,),
+                callbacks=[lambda _study, trial: finished.append(trial)],
+            )
+        except optuna.exceptions.UpdateFinishedTrialError as error:
+            # Another worker missed this worker's heartbeats (a stall longer than
+            # grace_period), failed the trial and enqueued its retry: carry on.
+            logger.warning("this worker's trial was failed by another worker: %s", error)
+            continue
         trial = finished[-1]
         if trial.user_attrs.get("surplus"):
             continue

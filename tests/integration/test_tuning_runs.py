@@ -216,7 +216,10 @@ def run_workers(commands, environment, timeout_seconds=900):
 
 
 def assert_two_workers_share_one_study(tmp_path, tracking_uri, data_dir, storage: str, n_trials: int):
-    tune_config = tiny_tune_config(tmp_path, storage, n_trials=n_trials, study_name="shared")
+    # A grace period far above any stall of a busy CPU: no live worker's trial may look dead.
+    tune_config = tiny_tune_config(
+        tmp_path, storage, n_trials=n_trials, study_name="shared", heartbeat_interval=2, grace_period=120,
+    )
     command = worker_command(tune_config, data_dir)
     # Both start at the same moment on a database that has no schema yet.
     run_workers([command, command], subprocess_environment(tracking_uri))
@@ -237,7 +240,7 @@ def assert_two_workers_share_one_study(tmp_path, tracking_uri, data_dir, storage
 
 def test_two_workers_on_a_new_sqlite_study_finish_n_trials_in_total(tmp_path, tracking_uri, tiny_dataset_root):
     assert_two_workers_share_one_study(
-        tmp_path, tracking_uri, tiny_dataset_root, f"sqlite:///{tmp_path / 'optuna.db'}", n_trials=3
+        tmp_path, tracking_uri, tiny_dataset_root, f"sqlite:///{tmp_path / 'optuna.db'}", n_trials=2
     )
 
 
@@ -343,7 +346,7 @@ def test_workers_opening_a_new_database_at_the_same_moment_all_join_one_study(tm
         storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     else:
         storage = request.getfixturevalue("postgres_server").create_database("tuning_race")
-    start_at = time.time() + 15  # after every worker has imported TensorFlow
+    start_at = time.time() + 10  # after every worker has imported TensorFlow
     workers = [
         subprocess.Popen([sys.executable, "-c", OPEN_STUDY_SCRIPT, storage, str(start_at)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
