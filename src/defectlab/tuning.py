@@ -354,11 +354,13 @@ def open_storage(tune_config: TuneConfig) -> optuna.storages.RDBStorage:
         backend = sqlalchemy.engine.make_url(url).get_backend_name()
     except Exception as error:
         raise ConfigError(f"storage {url!r} is not a SQLAlchemy URL (e.g. sqlite:///optuna.db): {error}") from error
-    # SQLite: wait for a concurrent writer instead of failing at once.
-    engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_SECONDS}} if backend == "sqlite" else {"pool_pre_ping": True}
+    if backend == "sqlite":
+        # Wait for a concurrent writer (another worker) instead of failing at once.
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_SECONDS}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}  # trials outlive idle database connections
 
     def create():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
         return optuna.storages.RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
@@ -369,6 +371,7 @@ def open_storage(tune_config: TuneConfig) -> optuna.storages.RDBStorage:
 
     try:
         with tracking.sqlite_creation_lock(url), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
             return _with_retries(f"opening the Optuna storage {_describe_url(url)}", create)
     except ImportError as error:
         raise ConfigError(f"storage {_describe_url(url)} needs a database driver that is not installed: {error}") from error
@@ -507,8 +510,8 @@ class TrialMonitor(keras.callbacks.Callback):
         self.trial.report(auroc, step=self.epochs_done)
         if self.trial.should_prune():
             raise optuna.TrialPruned(
-                f"pruned after epoch {self.epochs_done}: validation AUROC {auroc:.4f} is below "
-                "the median of earlier trials at this epoch"
+                f"pruned after epoch {self.epochs_done}: validation AUROC {auroc:.4f}, "
+                "judged against earlier trials at this epoch by the pruner"
             )
 
 
@@ -675,9 +678,9 @@ def run_worker_trials(study: optuna.Study, objective: StudyObjective, tune_confi
             # grace_period), failed the trial and enqueued its retry: carry on.
             logger.warning("this worker's trial was failed by another worker: %s", error)
             continue
-        trial = finished[-1]
-        if trial.user_attrs.get("surplus"):
+        if not finished or finished[-1].user_attrs.get("surplus"):
             continue
+        trial = finished[-1]
         if trial.state == TrialState.FAIL:
             consecutive_failures += 1
             last_reason = trial.user_attrs.get("fail_reason", "")
