@@ -232,3 +232,13 @@ def test_cli_refuses_an_ssim_setting_for_a_metric_study(tmp_path):
     result = CliRunner().invoke(main, ["tune", "--method", "metric", "--latent-dim", "8"])
     assert result.exit_code == 1
     assert "latent_dim is a setting of the other method" in result.output
+
+
+def test_cli_reports_a_missing_category_before_opening_the_study(tmp_path, tiny_dataset_root):
+    result = CliRunner().invoke(main, [
+        "tune", "--data-dir", str(tiny_dataset_root), "--category", "bottle",
+        "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--image-size", "64", "--weights", "none",
+    ])
+    assert result.exit_code == 1
+    assert "DatasetError" in result.output and "bottle" in result.output
+    assert not (tmp_path / "optuna.db").exists()

@@ -541,13 +541,14 @@ class StudyObjective:
     called with ``catch=(Exception,)`` so the study goes on).
     """
 
-    def __init__(self, tune_config: TuneConfig, base_config, search_space: dict, parent_run_id: str):
+    def __init__(self, tune_config: TuneConfig, base_config, search_space: dict, parent_run_id: str,
+                 datasets: dict | None = None):
         self.tune_config = tune_config
         self.base_config = base_config
         self.search_space = search_space
         self.parent_run_id = parent_run_id
         self.train = _training_function(tune_config.method)
-        self.datasets = {}
+        self.datasets = dict(datasets or {})
 
     def dataset(self, image_size: int, grayscale: bool) -> data.CategoryData:
         """The category at one image size, loaded once per worker (searched sizes each once)."""
@@ -791,13 +792,19 @@ def run_study(tune_config: TuneConfig, base_config, pruner: optuna.pruners.BaseP
         )
     data_root = data.resolve_data_root(base_config.data_dir)
     search_space = resolve_search_space(tune_config, base_config, data_root)
+    # Loaded once, before any run exists: a missing category fails here, not in every trial.
+    grayscale = getattr(base_config, "grayscale", False)
+    dataset = data.load_category(
+        base_config.data_dir, base_config.category, base_config.image_size,
+        grayscale=grayscale, seed=base_config.seed,
+    )
     tracking.prepare_tracking_store()
     study = open_study(tune_config, pruner)
     parent_tags = {
         "study_name": tune_config.resolved_study_name,
         "method": base_config.method,
         "category": tune_config.category,
-        "dataset": data.dataset_name(data_root),
+        "dataset": dataset.dataset_name,
         "storage": _describe_url(tune_config.storage),
     }
     with tracking.tracked_run(
@@ -805,7 +812,10 @@ def run_study(tune_config: TuneConfig, base_config, pruner: optuna.pruners.BaseP
     ) as parent:
         tracking.log_dict(search_space, "search_space.yaml")
         tracking.log_dict(dataclasses.asdict(base_config), "fixed_settings.json")
-        objective = StudyObjective(tune_config, base_config, search_space, parent.info.run_id)
+        objective = StudyObjective(
+            tune_config, base_config, search_space, parent.info.run_id,
+            datasets={(base_config.image_size, grayscale): dataset},
+        )
         try:
             run_worker_trials(study, objective, tune_config)
         finally:
