@@ -53,6 +53,10 @@ def tracking_uri(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # MLflow remembers the experiment of the last set_experiment process-wide; an earlier
+    # test's experiment id does not exist in this fresh store, so start from Default.
+    mlflow.set_experiment(experiment_id="0")
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+    mlflow.set_experiment(experiment_id="0")
