@@ -34,6 +34,20 @@ def isolated_cache(session_cache_dir, monkeypatch):
     return session_cache_dir
 
 
+@pytest.fixture(autouse=True)
+def forget_active_experiment(monkeypatch):
+    """Undo any test's ``mlflow.set_experiment`` when it ends.
+
+    MLflow keeps the chosen experiment id in a process-wide variable that
+    outranks ``MLFLOW_EXPERIMENT_NAME``; a later test's fresh store has no
+    experiment with that id. monkeypatch restores the variable's value from
+    before the test, whatever the test set it to. (Private to MLflow: tests only.)
+    """
+    import mlflow.tracking.fluent
+
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset_root(tmp_path_factory):
     """The synthetic dataset at 64 px and a quarter of the default counts (all four categories)."""
@@ -53,10 +67,6 @@ def tracking_uri(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    # MLflow remembers the experiment of the last set_experiment process-wide; an earlier
-    # test's experiment id does not exist in this fresh store, so start from Default.
-    mlflow.set_experiment(experiment_id="0")
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
-    mlflow.set_experiment(experiment_id="0")
