@@ -61,7 +61,7 @@ __all__ = [
 
 # Bump whenever a change alters any pixel, so cached datasets made by an older
 # generator are not reused under the same name.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 
 CATEGORY_DEFECT_TYPES: dict[str, tuple[str, ...]] = {
     "carpet": ("color", "cut", "hole", "metal_contamination", "thread"),
