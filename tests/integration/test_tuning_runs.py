@@ -6,7 +6,6 @@ one epoch on a handful of reference images, so a trial costs seconds on a CPU.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from optuna.trial import TrialState
 from defectlab import experiment, tuning
 from defectlab.config import TuneConfig
 from defectlab.metric_learning import NonFiniteLossError
+
+from .conftest import subprocess_environment
 
 pytestmark = pytest.mark.integration
 
@@ -69,16 +70,6 @@ def worker_command(tune_config: TuneConfig, data_dir, **training_changes) -> lis
     for name, value in options.items():
         command += ["--" + name.replace("_", "-"), str(value)]
     return command
-
-
-def subprocess_environment(tracking_uri: str) -> dict:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_RUN")}
-    environment.update({
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-    })
-    return environment
 
 
 def runs_by_trial_number(parent_run_ids=None) -> dict:
