@@ -27,25 +27,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmark_utils import EpochTimer  # noqa: E402
 from defectlab import autoencoder, data  # noqa: E402
 from defectlab.config import SSIMConfig  # noqa: E402
 from defectlab.detector import IMAGE_COLUMN, bundle_to_local_detector, write_bundle  # noqa: E402
 from defectlab.metric_learning import make_optimizer  # noqa: E402
 from defectlab.models import build_ssim_autoencoder  # noqa: E402
 from defectlab.synthetic import SyntheticSpec, generate_dataset  # noqa: E402
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Wall-clock seconds of each epoch."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.start)
-
-    def on_train_begin(self, logs=None):
-        self.seconds = []
 
 
 def compiled_autoencoder(config: SSIMConfig, channels: int) -> keras.Model:
