@@ -23,14 +23,15 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundErr
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: shown as one line, without a traceback."""
+    from defectlab.comparison import ComparisonError
     from defectlab.data import DatasetError
+    from defectlab.detector import DetectorUnavailableError
     from defectlab.metric_learning import NonFiniteLossError
     from defectlab.models import WeightsUnavailableError
-    from defectlab.tracking import TrackingUnavailableError
-    from defectlab.detector import DetectorUnavailableError
     from defectlab.registry import RegistryError
-    from defectlab.comparison import ComparisonError
-    from defectlab.tracking import ArtifactStoreError, ExperimentNotFoundError, RunNotLoggedError
+    from defectlab.tracking import (
+        ArtifactStoreError, ExperimentNotFoundError, RunNotLoggedError, TrackingUnavailableError,
+    )
     from defectlab.tuning import TuningError
 
     return EXPECTED_ERRORS + (
