@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,33 +110,33 @@ def run_metric(config: MetricConfig, run_name: str | None = None, nested: bool =
     ) as run:
         good_train_images = dataset.images_of("train")
         embedders, good_embeddings = [], []
-        train_start = time.perf_counter()
-        for member_index in range(config.ensemble):
-            prefix = "" if member_index == 0 else f"member_{member_index}_"
-            classifier, _ = metric_learning.train_l2_softmax(
-                good_train_images, references, config, weights_path,
-                seed=config.seed + member_index,
-                callbacks=[tracking.EpochMetricsLogger(prefix), *(epoch_callbacks or [])],
-            )
-            embedder = embedding_model(classifier)
-            embedders.append(embedder)
-            good_embeddings.append(metric_learning.embed(embedder, good_train_images))
-        train_seconds = time.perf_counter() - train_start
+        with tracking.Stopwatch() as train_watch:
+            for member_index in range(config.ensemble):
+                prefix = "" if member_index == 0 else f"member_{member_index}_"
+                classifier, _ = metric_learning.train_l2_softmax(
+                    good_train_images, references, config, weights_path,
+                    seed=config.seed + member_index,
+                    callbacks=[tracking.EpochMetricsLogger(prefix), *(epoch_callbacks or [])],
+                )
+                embedder = embedding_model(classifier)
+                embedders.append(embedder)
+                good_embeddings.append(metric_learning.embed(embedder, good_train_images))
 
-        score_start = time.perf_counter()
-        detector = metric_learning.EmbeddingLOFDetector(
-            embedders, good_embeddings, lof_neighbors=config.lof_neighbors
-        ).calibrate(dataset.images_of("threshold"))
-        scored = evaluation.scored_rows(dataset.table)
-        scored_images = dataset.images[scored]
-        member_scores = detector.member_scores(scored_images)
-        scores = detector.combine(member_scores)
-        score_seconds = time.perf_counter() - score_start
+        with tracking.Stopwatch() as score_watch:
+            detector = metric_learning.EmbeddingLOFDetector(
+                embedders, good_embeddings, lof_neighbors=config.lof_neighbors
+            ).calibrate(dataset.images_of("threshold"))
+            scored = evaluation.scored_rows(dataset.table)
+            scored_images = dataset.images[scored]
+            member_scores = detector.member_scores(scored_images)
+            scores = detector.combine(member_scores)
 
         extra_metrics = {
-            "train_seconds": train_seconds,
-            "train_images_per_second": config.ensemble * config.epochs * training_images / train_seconds,
-            "score_seconds": score_seconds,
+            "train_seconds": train_watch.seconds,
+            "train_images_per_second": (
+                config.ensemble * config.epochs * training_images / train_watch.seconds
+            ),
+            "score_seconds": score_watch.seconds,
         }
         if config.ensemble > 1:
             for member_index, raw_scores in enumerate(member_scores):

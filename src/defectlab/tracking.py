@@ -28,7 +28,6 @@ import numpy as np
 
 from defectlab import report
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DETECTOR_NAME = "detector"
 KERAS_MODEL_NAME = "model"
 # Where a run's results go when the tracking server is lost after training.
@@ -195,11 +194,6 @@ def saving_locally_if_logging_fails(category: str, save_results):
         )
         logger.error(message)
         raise RunNotLoggedError(message) from error
-
-
-def set_experiment(experiment_name: str | None) -> None:
-    if experiment_name:
-        mlflow.set_experiment(experiment_name)
 
 
 def _param_value(value) -> str:
