@@ -8,7 +8,7 @@
 2. Detector images/s (the ``detector`` pyfunc from PNG bytes: decode, resize,
    embed, LOF) against the bare Keras embedding network on decoded arrays.
    Goal: ratio >= 0.8.
-3. MLflow logging time as a share of a whole `run_metric` at the CPU demo
+3. MLflow logging time as a share of a whole `run_training` at the CPU demo
    settings: every MLflow call the run makes is timed. Goal: <= 10%.
 
 Run: ``python benchmarks/bench_metric.py`` (defaults are the demo's CPU settings:
@@ -33,11 +33,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmark_utils import EpochTimer  # noqa: E402
-from defectlab import data, metric_learning  # noqa: E402
-from defectlab.config import MetricConfig  # noqa: E402
-from defectlab.detector import IMAGE_COLUMN, DefectDetector, encode_png, write_bundle  # noqa: E402
-from defectlab.experiment import run_metric  # noqa: E402
-from defectlab.models import build_l2_softmax_classifier, embedding_model  # noqa: E402
+from defectlab import data
+from defectlab.methods.metric import training as metric_learning  # noqa: E402
+from defectlab.methods.metric import MetricConfig  # noqa: E402
+from defectlab.serving.detector import IMAGE_COLUMN, DefectDetector, encode_png, write_bundle  # noqa: E402
+from defectlab.runner import run_training  # noqa: E402
+from defectlab.methods.metric.network import build_l2_softmax_classifier, embedding_model  # noqa: E402
 
 
 def compiled_classifier(config: MetricConfig, num_classes: int) -> keras.Model:
@@ -111,7 +112,7 @@ def inference_throughput(config, classifier, dataset, repeats: int = 3):
 
 
 def logging_share(config: MetricConfig, tracking_dir: Path) -> tuple[float, float]:
-    """(seconds in MLflow calls, seconds of the whole run) of one run_metric.
+    """(seconds in MLflow calls, seconds of the whole run) of one run_training.
 
     Times MLflow's own functions and defectlab's tracking functions (which
     also build the logged figures and models); a call inside another timed
@@ -157,7 +158,7 @@ def logging_share(config: MetricConfig, tracking_dir: Path) -> tuple[float, floa
     os.chdir(tracking_dir)
     try:
         start = time.perf_counter()
-        run_metric(config)
+        run_training(config)
         total = time.perf_counter() - start
     finally:
         os.chdir(previous)
@@ -201,7 +202,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         logging_seconds, total_seconds = logging_share(config, Path(folder))
-    print(f"run_metric at {config.image_size} px, {config.epochs} epochs: {total_seconds:.1f} s, "
+    print(f"run_training at {config.image_size} px, {config.epochs} epochs: {total_seconds:.1f} s, "
           f"MLflow calls {logging_seconds:.1f} s = {100 * logging_seconds / total_seconds:.1f}% (goal <= 10%)")
 
 

@@ -34,11 +34,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from defectlab.config import MetricConfig  # noqa: E402
-from defectlab.detector import IMAGE_COLUMN, load_logged_detector  # noqa: E402
-from defectlab.experiment import run_metric  # noqa: E402
-from defectlab.registry import promote  # noqa: E402
-from defectlab.synthetic import SyntheticSpec, generate_dataset  # noqa: E402
+from defectlab.methods.metric import MetricConfig  # noqa: E402
+from defectlab.serving.detector import IMAGE_COLUMN, load_logged_detector  # noqa: E402
+from defectlab.runner import run_training  # noqa: E402
+from defectlab.tracking.registry import promote  # noqa: E402
+from defectlab.data.synthetic import SyntheticSpec, generate_dataset  # noqa: E402
 
 MODEL_NAME = "defectlab-metric-carpet"
 CHAMPION_URI = f"models:/{MODEL_NAME}@champion"
@@ -117,7 +117,7 @@ def main() -> None:
         data_root = generate_dataset(
             folder / "data", SyntheticSpec(image_size=arguments.image_size, count_scale=0.25), ["carpet", "leather"]
         )
-        run_metric(MetricConfig(
+        run_training(MetricConfig(
             category="carpet", data_dir=str(data_root), image_size=arguments.image_size, epochs=1,
             batch_size=16, weights="none", register_as=MODEL_NAME,
         ))

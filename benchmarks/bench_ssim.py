@@ -1,7 +1,7 @@
 """Throughput of the SSIM autoencoder: the augmentation pipeline and the detector against their ceilings.
 
 Training: images/s through the real on-the-fly augmentation pipeline
-(`defectlab.autoencoder.augmented_dataset`) against the same network fitted on
+(`defectlab.methods.ssim.training.augmented_dataset`) against the same network fitted on
 ``augment_to`` float images already in memory, batched and cached by tf.data
 (no augmentation: the ceiling the pipeline can approach). Inference: images/s of the ``detector`` (reconstruction, full-size
 SSIM map, region score), from decoded images and from image files, against
@@ -28,12 +28,13 @@ import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmark_utils import EpochTimer  # noqa: E402
-from defectlab import autoencoder, data  # noqa: E402
-from defectlab.config import SSIMConfig  # noqa: E402
-from defectlab.detector import IMAGE_COLUMN, bundle_to_local_detector, write_bundle  # noqa: E402
-from defectlab.metric_learning import make_optimizer  # noqa: E402
-from defectlab.models import build_ssim_autoencoder  # noqa: E402
-from defectlab.synthetic import SyntheticSpec, generate_dataset  # noqa: E402
+from defectlab import data
+from defectlab.methods.ssim import training as autoencoder  # noqa: E402
+from defectlab.methods.ssim import SSIMConfig  # noqa: E402
+from defectlab.serving.detector import IMAGE_COLUMN, bundle_to_local_detector, write_bundle  # noqa: E402
+from defectlab.methods.keras_training import make_optimizer  # noqa: E402
+from defectlab.methods.ssim.network import build_ssim_autoencoder  # noqa: E402
+from defectlab.data.synthetic import SyntheticSpec, generate_dataset  # noqa: E402
 
 
 def compiled_autoencoder(config: SSIMConfig, channels: int) -> keras.Model:

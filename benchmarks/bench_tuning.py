@@ -3,7 +3,7 @@
 Runs a small Optuna study (``defectlab.tuning.run_study``) of metric learning
 on a generated synthetic set, in a throwaway SQLite MLflow store and SQLite
 Optuna storage. Each trial records how long its training run took
-(``experiment.run_metric``: training, scoring and the run's own logging, which
+(``experiment.run_training``: training, scoring and the run's own logging, which
 any untuned run pays too) and how long the pruning callback spent scoring the
 validation split. Everything else is the tuning machinery:
 
@@ -31,8 +31,8 @@ import mlflow  # noqa: E402
 import optuna  # noqa: E402
 
 from defectlab import tuning  # noqa: E402
-from defectlab.config import TuneConfig  # noqa: E402
-from defectlab.synthetic import SyntheticSpec, generate_dataset  # noqa: E402
+from defectlab.tuning import TuneConfig  # noqa: E402
+from defectlab.data.synthetic import SyntheticSpec, generate_dataset  # noqa: E402
 
 SEARCH_SPACE = (
     "optimizer: {type: categorical, choices: [sgd, adam]}\n"
@@ -95,7 +95,7 @@ def main() -> None:
           f"batch_size={arguments.batch_size} reference_size={arguments.reference_size} "
           f"pruning_interval={arguments.pruning_interval}, {count} complete trials")
     print(f"study wall time                        {study_seconds:8.1f} s")
-    print(f"training runs (run_metric), per trial  {training / count:8.2f} s")
+    print(f"training runs (run_training), per trial  {training / count:8.2f} s")
     print(f"  of which pruning's validation scoring{scoring / count:8.2f} s")
     print(f"Optuna around each trial, per trial    {(trial_wall - training) / count:8.2f} s")
     print(f"study setup + parent summary, per trial{study_machinery / count:8.2f} s")

@@ -51,7 +51,7 @@ def forget_active_experiment(monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_dataset_root(tmp_path_factory):
     """The synthetic dataset at 64 px and a quarter of the default counts (all four categories)."""
-    from defectlab.synthetic import SyntheticSpec, generate_dataset
+    from defectlab.data.synthetic import SyntheticSpec, generate_dataset
 
     root = tmp_path_factory.mktemp("tiny-mvtec")
     return generate_dataset(root, SyntheticSpec(image_size=TINY_IMAGE_SIZE, count_scale=TINY_COUNT_SCALE))

@@ -8,11 +8,14 @@ import pytest
 from click.testing import CliRunner
 from numpy.lib.stride_tricks import sliding_window_view
 
-from defectlab import autoencoder, metrics
+from defectlab.evaluation import metrics
+from defectlab.methods.ssim import training as autoencoder
 from defectlab.cli import main
-from defectlab.config import ConfigError, SSIMConfig
-from defectlab.experiment import run_ssim
-from defectlab.models import build_ssim_autoencoder, ssim_autoencoder_stride
+from defectlab.config import ConfigError
+from defectlab.methods.ssim import SSIMConfig
+from defectlab.runner import run_training
+from defectlab.methods.ssim.architecture import ssim_autoencoder_stride
+from defectlab.methods.ssim.network import build_ssim_autoencoder
 
 IMAGE_SIZE = 64
 
@@ -90,9 +93,9 @@ def test_latent_dim_below_one_is_refused():
     [({"image_size": 72}, "not divisible"), ({"latent_dim": 0}, "latent_dim must be at least 1")],
 )
 def test_run_ssim_refuses_bad_settings_before_data_or_tracking(tracking_uri, settings, message):
-    config = SSIMConfig(data_dir="/no/such/dataset", epochs=1, **settings)
+    # The config refuses itself at construction: nothing can load data or open a run.
     with pytest.raises(ConfigError, match=message):
-        run_ssim(config)
+        run_training(SSIMConfig(data_dir="/no/such/dataset", epochs=1, **settings))
     assert mlflow.search_runs(search_all_experiments=True).empty
 
 
@@ -235,7 +238,7 @@ def test_training_lowers_the_ssim_loss():
 def test_pixel_metrics_leave_out_defects_without_masks_and_skip_without_any():
     import pandas as pd
 
-    from defectlab.experiment import pixel_metrics
+    from defectlab.runner import pixel_metrics
 
     table = pd.DataFrame({
         "split": ["test", "test", "test", "val"],

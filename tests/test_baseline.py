@@ -5,8 +5,8 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from defectlab.cli import main
-from defectlab.experiment import run_pixel_baseline
-from defectlab.synthetic import CATEGORY_DEFECT_TYPES
+from defectlab.baseline import run_pixel_baseline
+from defectlab.data.synthetic import CATEGORY_DEFECT_TYPES
 
 
 def test_pixel_baseline_auroc_is_between_055_and_095_on_every_default_category():

@@ -7,6 +7,7 @@ computed here from the logged values, independently of `defectlab.comparison`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import statistics
 from pathlib import Path
@@ -20,8 +21,8 @@ from click.testing import CliRunner
 
 from defectlab import comparison
 from defectlab.cli import main
-from defectlab.config import MetricConfig
-from defectlab.experiment import RunResult, run_metric, run_repeated
+from defectlab.methods.metric import MetricConfig
+from defectlab.runner import RunResult, run_repeated, run_training
 
 from .conftest import TINY_METRIC_OPTIONS
 
@@ -234,13 +235,14 @@ def test_mlproject_compare_entry_point_matches_the_cli():
 
 
 def recording_run_function(calls, fail_at_seed=None):
-    """A stand-in for run_metric: one nested tracked run per call, no training."""
+    """A stand-in for run_training: one nested tracked run per call, no training."""
     from defectlab import tracking
+    from defectlab.methods import method_of_config
 
     def run_function(config, run_name=None, nested=False):
         calls.append((config, run_name, nested))
-        with tracking.training_run(config, {"method": config.method, "category": config.category},
-                                   run_name=run_name, nested=nested) as run:
+        tags = {"method": method_of_config(config).tag, "category": config.category}
+        with tracking.tracked_run(dataclasses.asdict(config), tags, run_name=run_name, nested=nested) as run:
             if config.seed == fail_at_seed:
                 raise RuntimeError("boom")
             tracking.log_metrics({"test_image_auroc": 0.5 + config.seed / 10})
@@ -279,7 +281,7 @@ def test_repeats_two_on_a_real_metric_run_gives_one_parent_and_two_seeded_childr
     mlflow.set_experiment(EXPERIMENT)
     options = {**TINY_METRIC_OPTIONS, "epochs": 1}  # one epoch: this test is about runs, not quality
     config = MetricConfig(category="carpet", data_dir=str(tiny_dataset_root), repeats=2, **options)
-    results = run_repeated(config, run_metric)
+    results = run_repeated(config, run_training)
 
     runs = mlflow.search_runs(experiment_names=[EXPERIMENT])
     assert len(runs) == 3 and set(runs["status"]) == {"FINISHED"}

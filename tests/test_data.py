@@ -73,7 +73,7 @@ def test_images_are_cached_and_second_load_opens_no_file(small_root, tmp_path, m
     def refuse_to_open(*args, **kwargs):
         raise AssertionError("the cache should have served this load")
 
-    monkeypatch.setattr(data.Image, "open", refuse_to_open)
+    monkeypatch.setattr(Image, "open", refuse_to_open)
     second = data.load_images(paths, 32, grayscale=False, cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(first, second)
 

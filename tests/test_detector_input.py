@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from defectlab.detector import decode_image, decode_images, encode_png
+from defectlab.data import ImageDecoder
+from defectlab.serving.detector import decode_image, decode_images, encode_png
 
 
 def blank_grayscale_png(width: int, height: int) -> bytes:
@@ -40,7 +41,7 @@ def good_png() -> bytes:
 
 
 def test_base64_png_decodes_to_the_detector_size(good_png):
-    image = decode_image(base64.b64encode(good_png).decode(), image_size=32, grayscale=False)
+    image = decode_image(base64.b64encode(good_png).decode(), ImageDecoder(32, False))
 
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8
 
@@ -49,7 +50,7 @@ def test_image_file_path_decodes(tmp_path, good_png):
     path = tmp_path / "good.png"
     path.write_bytes(good_png)
 
-    assert decode_image(str(path), image_size=64, grayscale=True).shape == (64, 64, 1)
+    assert decode_image(str(path), ImageDecoder(64, True)).shape == (64, 64, 1)
 
 
 @pytest.mark.parametrize(
@@ -70,7 +71,7 @@ def test_bad_value_is_an_invalid_parameter_naming_the_row(good_png, make_value, 
     frame = pd.DataFrame({"image": [base64.b64encode(good_png).decode(), make_value(good_png)]})
 
     with pytest.raises(MlflowException, match=message) as raised:
-        decode_images(frame, image_size=32, grayscale=False)
+        decode_images(frame, ImageDecoder(32, False))
 
     assert raised.value.get_http_status_code() == 400
     assert "row 1" in raised.value.message
@@ -78,9 +79,9 @@ def test_bad_value_is_an_invalid_parameter_naming_the_row(good_png, make_value, 
 
 def test_missing_image_column_is_named():
     with pytest.raises(MlflowException, match="no column 'image' \\(columns: picture\\)"):
-        decode_images(pd.DataFrame({"picture": ["x"]}), image_size=32, grayscale=False)
+        decode_images(pd.DataFrame({"picture": ["x"]}), ImageDecoder(32, False))
 
 
 def test_no_rows_is_an_error():
     with pytest.raises(MlflowException, match="holds no images"):
-        decode_images(pd.DataFrame({"image": []}), image_size=32, grayscale=False)
+        decode_images(pd.DataFrame({"image": []}), ImageDecoder(32, False))

@@ -10,6 +10,7 @@ with the example settings.
 
 from __future__ import annotations
 
+import click
 import re
 import tomllib
 from pathlib import Path
@@ -76,8 +77,8 @@ def command_arguments(service: dict) -> list[str]:
 def parse_click_command(group, arguments: list[str]):
     """Parse ``arguments`` (``[name, *options]``) with ``group``'s subcommand, as its CLI would."""
     name, *options = arguments
-    assert name in group.commands, f"{group.name} has no command {name!r}"
-    command = group.commands[name]
+    command = group.get_command(click.Context(group), name)
+    assert command is not None, f"{group.name} has no command {name!r}"
     return command.make_context(name, list(options))
 
 

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from defectlab import download
+from defectlab.data import download
 from defectlab.cli import main
 
 

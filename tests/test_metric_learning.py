@@ -9,10 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from defectlab import data, metric_learning
-from defectlab.config import ConfigError, MetricConfig
-from defectlab.experiment import run_metric
-from defectlab.models import WeightsUnavailableError, build_l2_softmax_classifier, embedding_model
+from defectlab import data
+from defectlab.methods.metric import training as metric_learning
+from defectlab.config import ConfigError
+from defectlab.methods.metric import MetricConfig
+from defectlab.runner import run_training
+from defectlab.methods.backbones import WeightsUnavailableError
+from defectlab.methods.keras_training import NonFiniteLossError
+from defectlab.methods.metric.network import build_l2_softmax_classifier, embedding_model
 
 from .conftest import TINY_METRIC_OPTIONS
 
@@ -58,13 +62,13 @@ def test_head_is_l2_softmax_from_builtin_layers():
 )
 def test_bad_settings_fail_before_anything_runs(tiny_dataset_root, tracking_uri, overrides, message):
     with pytest.raises(ConfigError, match=message):
-        run_metric(tiny_config(tiny_dataset_root, **overrides))
+        run_training(tiny_config(tiny_dataset_root, **overrides))
     assert mlflow.search_runs(search_all_experiments=True).empty
 
 
 def test_unknown_category_fails_before_training(tiny_dataset_root, tracking_uri):
     with pytest.raises(data.DatasetError, match="unknown category 'bottle'.*carpet"):
-        run_metric(tiny_config(tiny_dataset_root, category="bottle"))
+        run_training(tiny_config(tiny_dataset_root, category="bottle"))
     assert mlflow.search_runs(search_all_experiments=True).empty
 
 
@@ -72,7 +76,7 @@ def test_no_reference_images_fails_before_training(tiny_dataset_root, tmp_path, 
     lonely_root = tmp_path / "only-carpet"
     shutil.copytree(tiny_dataset_root / "carpet", lonely_root / "carpet")
     with pytest.raises(data.DatasetError, match="no reference images.*at least two classes"):
-        run_metric(tiny_config(lonely_root))
+        run_training(tiny_config(lonely_root))
     assert mlflow.search_runs(search_all_experiments=True).empty
 
 
@@ -83,7 +87,7 @@ def test_offline_imagenet_weights_fail_before_training(tiny_dataset_root, tmp_pa
         lambda *a, **k: pytest.fail("training started although the weights are unavailable"),
     )
     with pytest.raises(WeightsUnavailableError) as raised:
-        run_metric(tiny_config(tiny_dataset_root, weights="imagenet"))
+        run_training(tiny_config(tiny_dataset_root, weights="imagenet"))
     message = str(raised.value)
     assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5" in message
     assert str(tmp_path / "empty-keras-home" / "models") in message and "weights=none" in message
@@ -94,8 +98,8 @@ def test_non_finite_loss_fails_the_run_and_registers_nothing(tiny_dataset_root, 
     config = tiny_config(
         tiny_dataset_root, epochs=1, learning_rate=1e38, optimizer="sgd", register_as="never-registered"
     )
-    with pytest.raises(metric_learning.NonFiniteLossError):
-        run_metric(config)
+    with pytest.raises(NonFiniteLossError):
+        run_training(config)
     runs = mlflow.search_runs(search_all_experiments=True)
     assert runs["status"].tolist() == ["FAILED"]
     assert "NonFiniteLossError" in runs["tags.failure_reason"].iloc[0]
@@ -103,7 +107,7 @@ def test_non_finite_loss_fails_the_run_and_registers_nothing(tiny_dataset_root, 
 
 
 def test_ensemble_score_is_mean_of_member_z_scores(tiny_dataset_root, tracking_uri, tmp_path):
-    result = run_metric(tiny_config(tiny_dataset_root, ensemble=2, epochs=1, reference_size=40))
+    result = run_training(tiny_config(tiny_dataset_root, ensemble=2, epochs=1, reference_size=40))
     run = mlflow.get_run(result.run_id)
     assert run.data.tags["ensemble_size"] == "2"
     assert {"member_0_test_image_auroc", "member_1_test_image_auroc"} <= set(run.data.metrics)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from defectlab import metrics
+from defectlab.evaluation import metrics
 
 
 def test_auroc_hand_computed():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from defectlab import metrics
+from defectlab.evaluation import metrics
 
 # Two 1x4 images. Image 0 has one 2-pixel defect region; image 1 is good.
 # Sorted map values: 0.9 (defect), 0.6, 0.5, 0.4 (defect), 0.3, 0.2, 0.1, 0.0.

@@ -27,7 +27,7 @@ def click_command(command_line: str) -> click.Command:
     for word in words[1:]:
         if word.startswith("-"):
             break
-        command = command.commands[word]
+        command = command.get_command(click.Context(command), word)
     return command
 
 
@@ -52,6 +52,14 @@ def test_every_contract_entry_point_is_declared():
     declared = set(load_entry_points())
     missing = [name for name in CONTRACT_ENTRY_POINTS if name not in declared]
     assert not missing, f"contract entry points missing from MLproject: {missing}"
+
+
+def test_mlproject_is_the_file_the_cli_generates():
+    from defectlab.mlproject_file import render_mlproject
+
+    assert (PROJECT_ROOT / "MLproject").read_text() == render_mlproject(), (
+        "MLproject is out of date: run `python -m defectlab.mlproject_file > MLproject`"
+    )
 
 
 def test_main_is_metric():

@@ -6,7 +6,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from defectlab.registry import CHAMPION_ALIAS, RegistryError, promote
+from defectlab.tracking.registry import CHAMPION_ALIAS, RegistryError, promote
 
 MODEL_NAME = "defectlab-metric-testcat"
 

@@ -1,4 +1,4 @@
-"""Scorer contract: fit returns self, score_samples is (n,), higher = more anomalous."""
+"""Scorer contract: fit returns self, anomaly_score is (n,), higher = more anomalous."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.exceptions import NotFittedError
 
-from defectlab.scoring import (
+from defectlab.methods.scorers import (
     LOFScorer,
     PCALOFScorer,
     average_standardized_scores,
@@ -24,7 +24,7 @@ def test_lof_ranks_a_planted_outlier_above_inliers(inliers):
     scorer = LOFScorer(n_neighbors=5)
     assert scorer.fit(inliers) is scorer
     queries = np.vstack([inliers[:10] + 0.01, [[8.0, 8.0, 8.0, 8.0]]])
-    scores = scorer.score_samples(queries)
+    scores = scorer.anomaly_score(queries)
     assert scores.shape == (11,)
     assert scores[-1] > scores[:-1].max()
     assert scores[:-1].mean() == pytest.approx(1.0, abs=0.3)  # LOF of inliers is about 1
@@ -32,7 +32,7 @@ def test_lof_ranks_a_planted_outlier_above_inliers(inliers):
 
 def test_lof_checks_fitted_and_input(inliers):
     with pytest.raises(NotFittedError):
-        LOFScorer().score_samples(inliers)
+        LOFScorer().anomaly_score(inliers)
     with pytest.raises(ValueError, match="2-D"):
         LOFScorer().fit(inliers[0])
     with pytest.raises(ValueError, match="non-finite"):
@@ -47,7 +47,7 @@ def test_pca_lof_baseline_flags_a_bright_square():
     defect = good[:1].copy()
     defect[0, 4:10, 4:10] = 255
     scorer = PCALOFScorer(n_components=8).fit(good[:30])
-    scores = scorer.score_samples(np.concatenate([good[30:], defect]))
+    scores = scorer.anomaly_score(np.concatenate([good[30:], defect]))
     assert scores.shape == (11,) and scores[-1] > scores[:-1].max()
 
 

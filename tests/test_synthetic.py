@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from defectlab import synthetic
-from defectlab.synthetic import (
+from defectlab.data import synthetic
+from defectlab.data.synthetic import (
     CATEGORY_DEFECT_TYPES,
     OBJECT_CATEGORIES,
     TEXTURE_CATEGORIES,

@@ -72,7 +72,9 @@ def test_epoch_logger_keeps_training_when_the_server_is_lost(monkeypatch):
         raise MlflowException("connection refused")
 
     monkeypatch.setattr(mlflow, "log_metrics", lost_server)
-    logger = tracking.EpochMetricsLogger()
+    from defectlab.tracking.callbacks import EpochMetricsLogger
+
+    logger = EpochMetricsLogger()
     logger.on_epoch_end(0, {"loss": 1.0, "accuracy": 0.5})
     logger.on_epoch_end(1, {"loss": 0.9, "accuracy": 0.6})
     assert logger.logging_failed

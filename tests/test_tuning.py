@@ -8,10 +8,14 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
+import defectlab.methods.metric as metric_method
+import defectlab.methods.ssim as ssim_method
 from defectlab import tuning
 from defectlab.cli import main
-from defectlab.config import ConfigError, MetricConfig, SSIMConfig, TuneConfig
-from defectlab.tuning import SearchSpaceError, suggest_training_params, validate_search_space
+from defectlab.config import ConfigError
+from defectlab.methods.metric import MetricConfig
+from defectlab.methods.ssim import SSIMConfig
+from defectlab.tuning import SearchSpaceError, TuneConfig, suggest_training_params, validate_search_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -26,7 +30,7 @@ def write_space(tmp_path, text: str):
 
 
 def test_default_metric_space_covers_the_settings_the_article_calls_sensitive():
-    space = validate_search_space(tuning.default_search_space("metric", 120), MetricConfig())
+    space = validate_search_space(metric_method.search_space(120), MetricConfig())
     assert space["epochs"] == {"type": "int", "low": 2, "high": 100, "log": True}
     assert space["optimizer"]["choices"] == ["sgd", "adam"]
     assert space["learning_rate"] == {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}
@@ -34,12 +38,12 @@ def test_default_metric_space_covers_the_settings_the_article_calls_sensitive():
 
 
 def test_reference_size_may_reach_zero_only_when_a_reference_dir_supplies_a_class():
-    assert tuning.default_search_space("metric", 50)["reference_size"]["low"] == 1
-    assert tuning.default_search_space("metric", 50, reference_dir="extra")["reference_size"]["low"] == 0
+    assert metric_method.search_space(50)["reference_size"]["low"] == 1
+    assert metric_method.search_space(50, reference_dir="extra")["reference_size"]["low"] == 0
 
 
 def test_default_ssim_space_searches_the_bottleneck():
-    space = validate_search_space(tuning.default_search_space("ssim", 0), SSIMConfig())
+    space = validate_search_space(ssim_method.search_space(), SSIMConfig())
     assert set(space) == {"epochs", "optimizer", "learning_rate", "latent_dim"}
 
 

@@ -1,8 +1,9 @@
 """The ``defectlab`` console script: a thin click layer over the library.
 
-Every MLproject entry point calls one of these commands. Options of the
-training commands are generated from the config dataclasses, so a default
-lives only in ``defectlab.config``.
+Every MLproject entry point calls one of these commands. The training
+commands and ``tune`` are built from the method registry (`defectlab.methods`):
+a registered method is a command, with one option per field of its config, so
+a default lives only in that config.
 """
 
 from __future__ import annotations
@@ -13,32 +14,18 @@ import sys
 
 import click
 
-from defectlab.config import (
-    ConfigError, EvaluateConfig, MetricConfig, SSIMConfig, TuneConfig, config_defaults,
-)
-from defectlab.registry import DEFAULT_PROMOTION_METRIC
+from defectlab.config import EvaluateConfig, config_defaults
+from defectlab.errors import DefectlabError
+from defectlab.methods import all_methods
+from defectlab.tracking.registry import DEFAULT_PROMOTION_METRIC
+from defectlab.tuning.config import TuneConfig
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the user's to fix: shown as one line, without a traceback."""
-    from defectlab.comparison import ComparisonError
-    from defectlab.data import DatasetError
-    from defectlab.detector import DetectorUnavailableError
-    from defectlab.metric_learning import NonFiniteLossError
-    from defectlab.models import WeightsUnavailableError
-    from defectlab.registry import RegistryError
-    from defectlab.tracking import (
-        ArtifactStoreError, ExperimentNotFoundError, RunNotLoggedError, TrackingUnavailableError,
-    )
-    from defectlab.tuning import TuningError
-
-    return EXPECTED_ERRORS + (
-        DatasetError, WeightsUnavailableError, TrackingUnavailableError, NonFiniteLossError,
-        DetectorUnavailableError, RegistryError, ComparisonError, ExperimentNotFoundError,
-        ArtifactStoreError, RunNotLoggedError, TuningError,
-    )
+# Errors that are the user's to fix: shown as one line, without a traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (DefectlabError, FileNotFoundError)
+# tune: its own options, then every training option of every method, each declared once.
+# Settings that are not about training one model (registration, repeated seeds) stay out.
+TUNE_FIELDS = frozenset(config_defaults(TuneConfig))
+TUNE_EXCLUDED_TRAINING_FIELDS = frozenset({"register_as", "repeats"})
 
 
 class OrMethodDefault(click.ParamType):
@@ -54,30 +41,28 @@ class OrMethodDefault(click.ParamType):
         return self.value_type.convert(value, param, ctx)
 
 
-def config_options(config_class, exclude=(), method_default=()):
-    """Decorator: one ``--option-name`` per dataclass field, typed and defaulted from the field.
+def field_option(field: dataclasses.Field, method_default: bool = False) -> click.Option:
+    """``--field-name``, typed and defaulted from a dataclass field (empty: the method's default)."""
+    option_type = {bool: click.BOOL, int: click.INT, float: click.FLOAT}.get(
+        type(field.default), click.STRING
+    )
+    default = field.default
+    if method_default:
+        option_type, default = OrMethodDefault(option_type), None
+    return click.Option(
+        ["--" + field.name.replace("_", "-"), field.name], type=option_type, default=default,
+        show_default=True,
+    )
 
-    Fields named in ``exclude`` get no option (another decorator declares
-    them); those in ``method_default`` default to empty, meaning the default of
-    whichever method a command runs (``tune``, where the methods' defaults differ).
-    """
+
+def config_options(config_class):
+    """Decorator: one option per field of a config dataclass (`field_option`)."""
 
     def decorate(command):
         for field in reversed(dataclasses.fields(config_class)):
-            if field.name in exclude:
-                continue
-            option_type = {bool: click.BOOL, int: click.INT, float: click.FLOAT}.get(
-                type(field.default), click.STRING
-            )
-            default = field.default
-            if field.name in method_default:
-                option_type, default = OrMethodDefault(option_type), None
+            option = field_option(field)
             command = click.option(
-                "--" + field.name.replace("_", "-"),
-                field.name,
-                type=option_type,
-                default=default,
-                show_default=True,
+                *option.opts, field.name, type=option.type, default=option.default, show_default=True
             )(command)
         return command
 
@@ -88,60 +73,38 @@ def run_reporting_errors(function, *args, **kwargs):
     """Call ``function``; turn expected errors into one clear line and exit status 1."""
     try:
         return function(*args, **kwargs)
-    except _expected_errors() as error:
+    except EXPECTED_ERRORS as error:
         raise click.ClickException(f"{type(error).__name__}: {error}") from error
 
 
-@click.group()
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
-def main(verbose: bool) -> None:
-    """defectlab: tracked, tunable visual anomaly detection (SSIM AE vs L2-softmax)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+def training_command(method) -> click.Command:
+    """``defectlab <method>``: one option per field of the method's config."""
+
+    def train(**options) -> None:
+        from defectlab.runner import run_repeated
+
+        config = run_reporting_errors(method.config_class, **options)
+        echo_training_results(config, run_reporting_errors(run_repeated, config))
+
+    return click.Command(
+        method.name, callback=train, help=method.summary,
+        params=[field_option(field) for field in dataclasses.fields(method.config_class)],
     )
 
 
-@main.command()
-@config_options(MetricConfig)
-def metric(**options) -> None:
-    """Train L2-softmax metric learning on one category, score with LOF, log everything."""
-    from defectlab.experiment import run_metric, run_repeated
-
-    config = MetricConfig(**options)
-    echo_training_results(config, run_reporting_errors(run_repeated, config, run_metric))
-
-
-@main.command()
-@config_options(SSIMConfig)
-def ssim(**options) -> None:
-    """Train the SSIM autoencoder on one category, score with its anomaly maps, log everything."""
-    from defectlab.experiment import run_repeated, run_ssim
-
-    config = SSIMConfig(**options)
-    echo_training_results(config, run_reporting_errors(run_repeated, config, run_ssim))
+def tune_training_options(methods) -> list[click.Option]:
+    """One option per training setting of any method, defaulted to the methods' common
+    default, or empty (the chosen method's default) where their defaults differ."""
+    fields, defaults = {}, {}
+    for method in methods:
+        for field in dataclasses.fields(method.config_class):
+            if field.name not in TUNE_FIELDS | TUNE_EXCLUDED_TRAINING_FIELDS:
+                fields.setdefault(field.name, field)
+                defaults.setdefault(field.name, set()).add(field.default)
+    return [field_option(field, method_default=len(defaults[name]) > 1) for name, field in fields.items()]
 
 
-# tune: its own options, then every training option of both methods, each declared once.
-# Settings that are not about training one model (registration, repeated seeds) stay out.
-TUNE_FIELDS = frozenset(config_defaults(TuneConfig))
-TUNE_EXCLUDED_TRAINING_FIELDS = frozenset({"register_as", "repeats"})
-METRIC_DEFAULTS, SSIM_DEFAULTS = config_defaults(MetricConfig), config_defaults(SSIMConfig)
-DEFAULTS_DIFFERING_BY_METHOD = frozenset(
-    name for name in METRIC_DEFAULTS.keys() & SSIM_DEFAULTS.keys()
-    if METRIC_DEFAULTS[name] != SSIM_DEFAULTS[name]
-)
-
-
-@main.command()
-@config_options(TuneConfig)
-@config_options(
-    MetricConfig, exclude=TUNE_FIELDS | TUNE_EXCLUDED_TRAINING_FIELDS,
-    method_default=DEFAULTS_DIFFERING_BY_METHOD,
-)
-@config_options(SSIMConfig, exclude=TUNE_FIELDS | TUNE_EXCLUDED_TRAINING_FIELDS | METRIC_DEFAULTS.keys())
-def tune(**options) -> None:
+def run_tune(**options) -> None:
     """Optuna study over one method's settings; one nested MLflow run per trial.
 
     Training options not in the search space are held fixed; those left empty
@@ -149,7 +112,7 @@ def tune(**options) -> None:
     """
     from defectlab.tuning import base_training_config, run_study
 
-    tune_config = TuneConfig(**{name: options.pop(name) for name in TUNE_FIELDS})
+    tune_config = run_reporting_errors(TuneConfig, **{name: options.pop(name) for name in TUNE_FIELDS})
     base_config = run_reporting_errors(base_training_config, tune_config, options)
     result = run_reporting_errors(run_study, tune_config, base_config)
     counts = ", ".join(f"{count} {state.lower()}" for state, count in result.trial_counts.items() if count)
@@ -159,6 +122,43 @@ def tune(**options) -> None:
             f"best val_image_auroc={result.best_value:.4f} (run {result.best_run_id}) "
             f"with {result.best_params}"
         )
+
+
+def tune_command() -> click.Command:
+    """``defectlab tune``: its own options, then every registered method's training options."""
+    return click.Command(
+        "tune", callback=run_tune, help=run_tune.__doc__,
+        params=[
+            *(field_option(field) for field in dataclasses.fields(TuneConfig)),
+            *tune_training_options(all_methods()),
+        ],
+    )
+
+
+class MethodCommands(click.Group):
+    """The click group whose training commands (and ``tune``) come from the method registry."""
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), "tune", *(method.name for method in all_methods())})
+
+    def get_command(self, ctx, name):
+        if name == "tune":
+            return tune_command()
+        for method in all_methods():
+            if method.name == name:
+                return training_command(method)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=MethodCommands)
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def main(verbose: bool) -> None:
+    """defectlab: tracked, tunable visual anomaly detection."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def echo_training_results(config, results) -> None:
@@ -180,7 +180,7 @@ def echo_training_results(config, results) -> None:
 @click.option("--category", "categories", multiple=True, help="Only these categories (repeatable); default all four.")
 def synth(out: str, image_size: int, seed: int, count_scale: float, categories: tuple[str, ...]) -> None:
     """Write the built-in synthetic MVTec-style dataset to a folder."""
-    from defectlab.synthetic import SyntheticSpec, generate_dataset
+    from defectlab.data.synthetic import SyntheticSpec, generate_dataset
 
     spec = SyntheticSpec(image_size=image_size, seed=seed, count_scale=count_scale)
     root = run_reporting_errors(generate_dataset, out, spec, list(categories) or None)
@@ -199,7 +199,7 @@ def data_group() -> None:
 @click.option("--sha256", default=None, help="Expected SHA-256 of the archive (default: the official one).")
 def data_download(to_dir: str, categories: tuple[str, ...], url: str | None, sha256: str | None) -> None:
     """Download, verify (SHA-256) and extract MVTec AD; resumes an interrupted download."""
-    from defectlab import download
+    from defectlab.data import download
 
     try:
         written = download.download_mvtec_ad(
@@ -222,7 +222,7 @@ def data_download(to_dir: str, categories: tuple[str, ...], url: str | None, sha
 def baseline(data_dir: str, categories: tuple[str, ...], image_size: int, n_components: int,
              lof_neighbors: int, grayscale: bool, seed: int) -> None:
     """PCA on pixels + LOF: the plain baseline every detector must beat (whole test set)."""
-    from defectlab.experiment import run_pixel_baseline
+    from defectlab.baseline import run_pixel_baseline
 
     rows = run_reporting_errors(
         run_pixel_baseline, data_dir, list(categories) or None, image_size, n_components,
@@ -237,9 +237,9 @@ def baseline(data_dir: str, categories: tuple[str, ...], image_size: int, n_comp
 @config_options(EvaluateConfig)
 def evaluate(**options) -> None:
     """Score a logged or registered detector on a dataset; log a run with the contract's metrics."""
-    from defectlab.experiment import run_evaluate
+    from defectlab.runner import run_evaluate
 
-    result = run_reporting_errors(run_evaluate, EvaluateConfig(**options))
+    result = run_reporting_errors(run_evaluate, run_reporting_errors(EvaluateConfig, **options))
     click.echo(
         f"run {result.run_id}: {result.detector_uri} test_image_auroc="
         f"{result.metrics['test_image_auroc']:.4f} test_tpr_tnr_best={result.metrics['test_tpr_tnr_best']:.4f}"
@@ -253,7 +253,7 @@ def evaluate(**options) -> None:
 @click.option("--higher-is-better", type=click.BOOL, default=True, show_default=True, help="false for metrics such as a loss.")
 def promote(model_name: str, metric: str, version: str, higher_is_better: bool) -> None:
     """Move the alias champion to a version, only if it beats the current champion (exit 0 either way)."""
-    from defectlab.registry import promote as promote_version
+    from defectlab.tracking.registry import promote as promote_version
 
     decision = run_reporting_errors(
         promote_version, model_name, metric=metric, version=version or None,

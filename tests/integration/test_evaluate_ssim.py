@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from defectlab.cli import main
-from defectlab.config import SSIMConfig
-from defectlab.experiment import run_ssim
+from defectlab.methods.ssim import SSIMConfig
+from defectlab.runner import run_training
 
 from .conftest import run_artifact_paths
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_evaluate_of_an_ssim_detector_adds_pixel_metrics_and_heatmaps(tracking_uri, tiny_dataset_root):
-    training = run_ssim(SSIMConfig(
+    training = run_training(SSIMConfig(
         category="carpet", data_dir=str(tiny_dataset_root), image_size=64, epochs=2, augment_to=64,
         batch_size=16, latent_dim=16,
     ))

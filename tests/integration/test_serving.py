@@ -25,10 +25,10 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from defectlab.cli import main
-from defectlab.config import MetricConfig
-from defectlab.detector import load_logged_detector
-from defectlab.experiment import run_metric
-from defectlab.registry import promote
+from defectlab.methods.metric import MetricConfig
+from defectlab.serving.detector import load_logged_detector
+from defectlab.runner import run_training
+from defectlab.tracking.registry import promote
 
 from ..conftest import TINY_METRIC_OPTIONS
 from ..test_detector_input import blank_grayscale_png
@@ -71,7 +71,7 @@ def champion_store(tmp_path_factory, tiny_dataset_root, session_cache_dir):
             category="carpet", data_dir=str(tiny_dataset_root), register_as=MODEL_NAME,
             **TINY_METRIC_OPTIONS,
         )
-        training = run_metric(config)
+        training = run_training(config)
         decision = promote(MODEL_NAME)
         offline_scores = pd.read_csv(
             mlflow.artifacts.download_artifacts(run_id=training.run_id, artifact_path="scores.csv")

@@ -185,7 +185,8 @@ def team_servers(postgres_server, s3_endpoint, s3_client, tmp_path_factory):
 @pytest.fixture
 def training_forbidden(monkeypatch):
     """Make any training call fail the test: proves that an error came before training."""
-    from defectlab import autoencoder, metric_learning
+    from defectlab.methods.metric import training as metric_learning
+    from defectlab.methods.ssim import training as autoencoder
 
     def refuse(*args, **kwargs):
         raise AssertionError("training started although the run could not be logged")
@@ -210,8 +211,8 @@ def cli_training_options(command: str, data_dir: Path) -> list[str]:
 def test_mlflow_run_logs_artifacts_and_models_into_the_bucket_and_promotes(
     team_servers, s3_client, tiny_dataset_root, tmp_path, monkeypatch
 ):
-    from defectlab import registry
-    from defectlab.detector import IMAGE_COLUMN
+    from defectlab.tracking import registry
+    from defectlab.serving.detector import IMAGE_COLUMN
 
     server = team_servers["team"]
     monkeypatch.chdir(tmp_path)
@@ -372,9 +373,9 @@ def test_server_lost_mid_run_keeps_the_training_locally(
     import keras
 
     from defectlab import data
-    from defectlab.config import MetricConfig
-    from defectlab.detector import bundle_to_local_detector
-    from defectlab.experiment import run_metric
+    from defectlab.methods.metric import MetricConfig
+    from defectlab.serving.detector import bundle_to_local_detector
+    from defectlab.runner import run_training
     from defectlab.tracking import RunNotLoggedError
 
     server = team_servers["doomed"]
@@ -395,7 +396,7 @@ def test_server_lost_mid_run_keeps_the_training_locally(
         data_dir=str(tiny_dataset_root), image_size=TINY_IMAGE_SIZE, epochs=2, batch_size=16, weights="none"
     )
     with pytest.raises(RunNotLoggedError) as caught:
-        run_metric(config, epoch_callbacks=[KillServerAfterFirstEpoch()])
+        run_training(config, epoch_callbacks=[KillServerAfterFirstEpoch()])
     assert server.process.poll() is not None, "the server was really killed"
 
     [folder] = list(recovery_root.iterdir())

@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from defectlab import experiment, tuning
-from defectlab.config import TuneConfig
-from defectlab.metric_learning import NonFiniteLossError
+from defectlab import runner as experiment, tuning
+from defectlab.tuning import TuneConfig
+from defectlab.methods.keras_training import NonFiniteLossError
 
 from .conftest import subprocess_environment
 
@@ -160,7 +160,7 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 def test_failed_and_pruned_trials_are_recorded_and_the_study_goes_on(
     tmp_path, tracking_uri, tiny_dataset_root, monkeypatch
 ):
-    real_run_metric = experiment.run_metric
+    real_run_metric = experiment.run_training
     calls = []
 
     def failing_first(config, **keywords):
@@ -169,7 +169,7 @@ def test_failed_and_pruned_trials_are_recorded_and_the_study_goes_on(
             raise NonFiniteLossError("training loss became nan at batch 0")
         return real_run_metric(config, **keywords)
 
-    monkeypatch.setattr(experiment, "run_metric", failing_first)
+    monkeypatch.setattr(experiment, "run_training", failing_first)
     tune_config = tiny_tune_config(
         tmp_path, f"sqlite:///{tmp_path / 'optuna.db'}", data_dir=str(tiny_dataset_root), pruning_interval=1,
     )
@@ -320,7 +320,7 @@ def test_ctrl_c_marks_the_running_trial_and_stops_cleanly(tmp_path, tracking_uri
 # Opens the study at a given moment, so that all workers hit a new database together.
 OPEN_STUDY_SCRIPT = """
 import sys, time
-from defectlab.config import TuneConfig
+from defectlab.tuning import TuneConfig
 from defectlab.tuning import open_study
 storage, start_at = sys.argv[1], float(sys.argv[2])
 time.sleep(max(0.0, start_at - time.time()))

@@ -4,28 +4,24 @@ The target category's train images are class 0; each other category of the
 dataset contributes its train/good images as one more class (capped in total
 at ``reference_size``), and an optional ``reference_dir`` is one class more.
 After training, the pooled features of the network are the embedding a
-`defectlab.scoring.LOFScorer` scores.
+`defectlab.methods.scorers.LOFScorer` scores.
 """
 
 from __future__ import annotations
 
-import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+from sklearn.exceptions import NotFittedError
 
 from defectlab import data
-from defectlab.config import MetricConfig
-from defectlab.models import build_l2_softmax_classifier
-from defectlab.scoring import LOFScorer, average_standardized_scores, reference_statistics
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss."""
+from defectlab.methods.keras_training import RaiseOnNonFiniteLoss, make_optimizer, progress_verbosity
+from defectlab.methods.metric.config import MetricConfig
+from defectlab.methods.metric.network import build_l2_softmax_classifier
+from defectlab.methods.scorers import LOFScorer, average_standardized_scores, reference_statistics
 
 
 @dataclass(frozen=True)
@@ -55,11 +51,7 @@ def reference_paths(
     the cap is drawn seeded and spread over the categories in proportion to
     their sizes. Classes left without images are dropped.
     """
-    pools = {
-        other: data.good_train_paths(root, other)
-        for other in data.list_categories(root)
-        if other != category and (Path(root) / other / "train" / "good").is_dir()
-    }
+    pools = data.good_train_paths_of_other_categories(root, category)
     total = sum(len(paths) for paths in pools.values())
     if 0 <= reference_size < total:
         rng = np.random.default_rng(seed)
@@ -97,29 +89,6 @@ def load_reference_set(
     return ReferenceSet(
         class_names=list(paths_by_class), images=np.concatenate(images), labels=np.concatenate(labels)
     )
-
-
-class RaiseOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stop training with `NonFiniteLossError` as soon as the loss is NaN or infinite."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            raise NonFiniteLossError(f"training loss became {float(loss)} at batch {batch}")
-
-
-def progress_verbosity() -> int:
-    """Keras's progress bar in a terminal; one line per epoch in logs (``mlflow run``, CI)."""
-    return 1 if sys.stdout.isatty() else 2
-
-
-def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
-    """SGD with momentum 0.9 (the article's choice) or Adam."""
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate=learning_rate)
-    raise ValueError(f"unknown optimizer {name!r}; choose sgd or adam")
 
 
 def training_dataset(
@@ -195,47 +164,78 @@ class EmbeddingLOFDetector:
 
     One member: the score is its local outlier factor. Several (the article's
     ensemble): each member's scores are z-scored against that member's own
-    scores on held-out good images (`scoring.standardize_scores`), then
+    scores on held-out good images (`scorers.standardize_scores`), then
     averaged. Higher = more anomalous in both cases.
 
     Parameters
     ----------
     embedders : list of keras.Model
         Networks from images to pooled features.
-    good_embeddings : list of numpy.ndarray
-        Each member's embeddings of the good training images (LOF is fitted on them).
     lof_neighbors : int
+    batch_size : int
+
+    Attributes
+    ----------
+    good_embeddings_ : list of numpy.ndarray
+        Each member's embeddings of the good training images (LOF is fitted on them).
+    lof_scorers_ : list of LOFScorer
+    reference_means_, reference_stds_ : list of float
+        Each member's score mean and standard deviation on the held-out good images.
     """
 
-    BUNDLE_METHOD = "l2_softmax"
-
-    def __init__(self, embedders, good_embeddings, lof_neighbors: int = 5, batch_size: int = 64):
+    def __init__(self, embedders, lof_neighbors: int = 5, batch_size: int = 64):
         self.embedders = list(embedders)
-        self.good_embeddings = [np.asarray(e, dtype=np.float64) for e in good_embeddings]
         self.lof_neighbors = lof_neighbors
         self.batch_size = batch_size
-        self.lof_scorers_ = [
-            LOFScorer(lof_neighbors).fit(embeddings) for embeddings in self.good_embeddings
-        ]
-        self.reference_means_ = [0.0] * len(self.embedders)
-        self.reference_stds_ = [1.0] * len(self.embedders)
 
     @property
     def ensemble_size(self) -> int:
         return len(self.embedders)
 
+    def fit(self, good_images: np.ndarray, heldout_good_images: np.ndarray | None = None) -> "EmbeddingLOFDetector":
+        """Fit each member's LOF on its embeddings of ``good_images``; calibrate on the held-out ones.
+
+        Without ``heldout_good_images`` the members' scores are combined unscaled
+        (mean 0, std 1), which is exact for a single member.
+        """
+        return self.fit_embeddings(
+            [embed(embedder, good_images, self.batch_size) for embedder in self.embedders],
+            heldout_good_images,
+        )
+
+    def fit_embeddings(self, good_embeddings, heldout_good_images: np.ndarray | None = None,
+                       reference_statistics_: list[tuple[float, float]] | None = None) -> "EmbeddingLOFDetector":
+        """`fit` from precomputed embeddings (one array per member); returns self.
+
+        ``reference_statistics_`` (one ``(mean, std)`` per member, as saved in a
+        bundle) replaces the calibration on ``heldout_good_images``.
+        """
+        if len(good_embeddings) != self.ensemble_size:
+            raise ValueError(
+                f"got embeddings of {len(good_embeddings)} member(s) for {self.ensemble_size} embedder(s)"
+            )
+        self.good_embeddings_ = [np.asarray(e, dtype=np.float64) for e in good_embeddings]
+        self.lof_scorers_ = [LOFScorer(self.lof_neighbors).fit(e) for e in self.good_embeddings_]
+        if reference_statistics_ is not None:
+            self.reference_means_ = [float(mean) for mean, _ in reference_statistics_]
+            self.reference_stds_ = [float(std) for _, std in reference_statistics_]
+        elif heldout_good_images is not None:
+            statistics = [reference_statistics(scores) for scores in self.member_scores(heldout_good_images)]
+            self.reference_means_ = [mean for mean, _ in statistics]
+            self.reference_stds_ = [std for _, std in statistics]
+        else:
+            self.reference_means_ = [0.0] * self.ensemble_size
+            self.reference_stds_ = [1.0] * self.ensemble_size
+        return self
+
     def member_scores(self, images: np.ndarray) -> list[np.ndarray]:
         """Each member's raw LOF scores of ``images`` (list of arrays of shape ``(n,)``)."""
+        if not hasattr(self, "lof_scorers_"):
+            raise NotFittedError("EmbeddingLOFDetector is not fitted yet; call fit first")
         return [
-            scorer.score_samples(embed(embedder, images, self.batch_size))
+            scorer.anomaly_score(embed(embedder, images, self.batch_size))
             for embedder, scorer in zip(self.embedders, self.lof_scorers_)
         ]
-
-    def calibrate(self, heldout_good_images: np.ndarray) -> "EmbeddingLOFDetector":
-        """Record each member's score mean/std on held-out good images (the ensemble's common scale)."""
-        for index, scores in enumerate(self.member_scores(heldout_good_images)):
-            self.reference_means_[index], self.reference_stds_[index] = reference_statistics(scores)
-        return self
 
     def combine(self, member_scores: list[np.ndarray]) -> np.ndarray:
         """The detector's score from the members' raw scores; higher = more anomalous."""
@@ -249,11 +249,23 @@ class EmbeddingLOFDetector:
         """Anomaly score per image, shape ``(n,)``; higher = more anomalous."""
         return self.combine(self.member_scores(images))
 
+    def ensemble_model(self) -> keras.Model:
+        """All members as one Keras model: images in, one embedding per member out (logged as ``model``)."""
+        if self.ensemble_size == 1:
+            return self.embedders[0]
+        inputs = keras.Input(shape=self.embedders[0].input_shape[1:], name="image")
+        # Each member wrapped under its own name: the embedders all call themselves "embedding_model".
+        outputs = [
+            keras.Model(embedder.inputs, embedder.outputs, name=f"member_{index}")(inputs)
+            for index, embedder in enumerate(self.embedders)
+        ]
+        return keras.Model(inputs, outputs, name=f"l2_softmax_ensemble_of_{self.ensemble_size}")
+
     def save(self, folder: Path) -> dict:
         """Write members as plain files (``.keras`` and ``.npy``); returns the JSON-able description."""
         folder = Path(folder)
         members = []
-        for index, (embedder, embeddings) in enumerate(zip(self.embedders, self.good_embeddings)):
+        for index, (embedder, embeddings) in enumerate(zip(self.embedders, self.good_embeddings_)):
             embedder.save(folder / f"member_{index}.keras")
             np.save(folder / f"member_{index}_good_embeddings.npy", embeddings, allow_pickle=False)
             members.append(
@@ -268,13 +280,14 @@ class EmbeddingLOFDetector:
 
     @classmethod
     def load(cls, folder: Path, description: dict) -> "EmbeddingLOFDetector":
+        """The detector saved by `save`; LOF is refitted from the stored embeddings."""
         folder = Path(folder)
         members = description["members"]
         detector = cls(
             [keras.models.load_model(folder / m["embedder"], compile=False) for m in members],
-            [np.load(folder / m["good_embeddings"], allow_pickle=False) for m in members],
             lof_neighbors=int(description["lof_neighbors"]),
         )
-        detector.reference_means_ = [float(m["reference_mean"]) for m in members]
-        detector.reference_stds_ = [float(m["reference_std"]) for m in members]
-        return detector
+        return detector.fit_embeddings(
+            [np.load(folder / m["good_embeddings"], allow_pickle=False) for m in members],
+            reference_statistics_=[(m["reference_mean"], m["reference_std"]) for m in members],
+        )

@@ -2,15 +2,15 @@
 
 `compare_experiment` (``defectlab compare``, ``mlflow run . -e compare``)
 reads every run of one experiment and keeps the FINISHED training runs: runs
-tagged ``method`` ``ssim_ae`` or ``l2_softmax`` that are not the parent of
+tagged with a registered method's ``method`` tag that are not the parent of
 other runs (the children of a ``repeats`` parent carry the metrics), nor
 tuning trials (tag ``trial_number``: a trial is one point of a search, not a
 repeat), nor ``evaluate`` runs (tag ``evaluated_model``); ``compare`` runs have
 ``method=compare``. What is left out is listed in the report's notes. It writes:
 
 - ``figures/<dataset>-<size>px/<category>-<metric>.png``: per category, box
-  plots of ``test_tpr_tnr_best`` and ``test_image_auroc`` over repeats for SSIM
-  AE, L2-softmax and the L2-softmax ensemble, with the published numbers of
+  plots of ``test_tpr_tnr_best`` and ``test_image_auroc`` over repeats for every
+  registered method and each variant found (an ensemble size, pseudo-defects), with the published numbers of
   ``published_results.json`` drawn as named reference lines;
 - ``comparison.csv``: mean, std, n, seeds and run ids per group, category and method;
 - ``published.csv``: the published numbers with their sources, and a row
@@ -41,10 +41,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from defectlab import report, tracking
+from defectlab.errors import DefectlabError
+from defectlab import tracking
+from defectlab.config import ConfigError
+from defectlab.evaluation import figures
+from defectlab.methods import all_methods, method_by_tag
 
 ARTICLE_CATEGORIES = ("carpet", "leather", "cable", "capsule")
-TRAINING_METHODS = ("ssim_ae", "l2_softmax")
 COMPARE_METHOD_TAG = "compare"
 MISSING = "missing"
 
@@ -54,9 +57,6 @@ COMPARED_METRICS = {
     "test_image_auroc": ("image-level AUROC (test split)", (0.0, 1.02)),
 }
 
-SSIM_AE_LABEL = "SSIM AE"
-L2_SOFTMAX_LABEL = "L2-softmax"
-ENSEMBLE_LABEL = "L2-softmax ensemble"
 
 TABLE_FILE = "comparison.csv"
 PUBLISHED_FILE = "published.csv"
@@ -64,7 +64,7 @@ HTML_FILE = "comparison.html"
 FIGURES_DIR = "figures"
 
 
-class ComparisonError(ValueError):
+class ComparisonError(DefectlabError, ValueError):
     """The runs cannot make a comparison (e.g. the experiment holds no finished training run)."""
 
 
@@ -83,7 +83,7 @@ class ComparisonResult:
 
 def load_published_results() -> dict:
     """The published numbers shipped with the package (``published_results.json``)."""
-    text = resources.files("defectlab").joinpath("published_results.json").read_text(encoding="utf-8")
+    text = resources.files("defectlab.comparison").joinpath("published_results.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 
@@ -138,13 +138,20 @@ def unconfirmed_notes(published: dict, category: str, metric: str) -> list[str]:
 # Runs
 
 
-def method_label(method: str, ensemble_size: int) -> str:
-    """Display name of a training run's method: the ensemble's size is part of its name."""
-    if method == "ssim_ae":
-        return SSIM_AE_LABEL
-    if method == "l2_softmax":
-        return L2_SOFTMAX_LABEL if ensemble_size == 1 else f"{ENSEMBLE_LABEL} of {ensemble_size}"
-    raise ComparisonError(f"not a training method: {method!r} (expected one of {TRAINING_METHODS})")
+def training_method_tags() -> list[str]:
+    """The ``method`` tags of the registered methods."""
+    return [method.tag for method in all_methods()]
+
+
+def method_label(tags: dict, params: dict) -> str:
+    """Display name of a training run's method (the method's own `Method.label_of_run`)."""
+    tag = tags.get("method")
+    try:
+        return method_by_tag(tag).label_of_run(tags, params)
+    except ConfigError:
+        raise ComparisonError(
+            f"not a training method: {tag!r} (expected one of {training_method_tags()})"
+        ) from None
 
 
 def _column(runs: pd.DataFrame, name: str) -> pd.Series:
@@ -178,7 +185,7 @@ def training_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     parent_run_ids = set(_column(runs, "tags.mlflow.parentRunId").dropna())
     repeats = pd.to_numeric(_column(runs, "tags.repeats"), errors="coerce").fillna(1)
     # `evaluate` runs carry the detector's method tag too; their tag `evaluated_model` tells them apart.
-    is_training = _column(runs, "tags.method").isin(TRAINING_METHODS) & _column(
+    is_training = _column(runs, "tags.method").isin(training_method_tags()) & _column(
         runs, "tags.evaluated_model"
     ).isna()
     is_parent = runs["run_id"].isin(parent_run_ids) | (repeats > 1)
@@ -225,8 +232,14 @@ def training_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         "image_size": image_sizes[complete].astype(int),
         "category": categories[complete].astype(str),
         "method": [
-            method_label(method, int(size))
-            for method, size in zip(_column(candidates, "tags.method"), ensemble_sizes)
+            method_label(
+                {"method": method, "ensemble_size": int(size)},
+                {"pseudo_defects": pseudo_defects},
+            )
+            for method, size, pseudo_defects in zip(
+                _column(candidates, "tags.method"), ensemble_sizes,
+                _column(candidates, "params.pseudo_defects"),
+            )
         ],
         "seed": pd.to_numeric(_column(candidates, "params.seed"), errors="coerce"),
         **{metric: pd.to_numeric(values[complete]) for metric, values in metric_columns.items()},
@@ -251,12 +264,10 @@ def compared_categories(training: pd.DataFrame) -> list[str]:
 
 
 def compared_methods(group_runs: pd.DataFrame) -> list[str]:
-    """SSIM AE, L2-softmax, then each ensemble size with runs (or one empty ensemble slot)."""
-    ensembles = sorted(
-        (label for label in set(group_runs["method"]) if label.startswith(ENSEMBLE_LABEL)),
-        key=lambda label: int(label.rsplit(" ", 1)[-1]),
-    )
-    return [SSIM_AE_LABEL, L2_SOFTMAX_LABEL, *(ensembles or [ENSEMBLE_LABEL])]
+    """Every registered method's label, then each other label with runs (ensembles, variants)."""
+    base_labels = [method.label for method in all_methods()]
+    variants = sorted(set(group_runs["method"]) - set(base_labels))
+    return [*base_labels, *variants]
 
 
 def summary_table(training: pd.DataFrame) -> pd.DataFrame:
@@ -324,7 +335,7 @@ def comparison_figures(training: pd.DataFrame, published: dict):
                 lines = reference_lines(published, category, metric)
                 if lines:
                     notes.append("Published lines were measured on real MVTec AD images.")
-                figure = report.comparison_boxplot_figure(
+                figure = figures.comparison_boxplot_figure(
                     values_by_method, lines,
                     title=f"{category}: {metric} over repeats ({group_label(dataset, image_size)})",
                     value_label=value_label, value_range=value_range, notes=notes,
@@ -393,7 +404,7 @@ def write_report(training: pd.DataFrame, notes: list[str], out_dir: Path,
         figure_paths = []
         for relative_path, figure in comparison_figures(training, published):
             (staging / relative_path).parent.mkdir(parents=True, exist_ok=True)
-            report.save_figure(figure, staging / relative_path)
+            figures.save_figure(figure, staging / relative_path)
             figure_paths.append(relative_path)
         table.to_csv(staging / TABLE_FILE, index=False, na_rep=MISSING)
         published_rows.to_csv(staging / PUBLISHED_FILE, index=False)
@@ -414,7 +425,7 @@ def compare_experiment(experiment_name: str, out_dir: str) -> ComparisonResult:
     if training.empty:
         raise ComparisonError(
             f"experiment {experiment_name!r} has no FINISHED training run (tag method "
-            f"{' or '.join(TRAINING_METHODS)}) with {' and '.join(COMPARED_METRICS)}; "
+            f"{' or '.join(training_method_tags())}) with {' and '.join(COMPARED_METRICS)}; "
             "train some first, e.g. `defectlab metric --repeats 3`"
         )
     table, figure_paths = write_report(training, notes, Path(out_dir), experiment_name)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from defectlab import metrics as metrics_module
+from defectlab.evaluation import metrics as metrics_module
 
 SCORED_SPLITS = ("threshold", "val", "test")
 SCORES_COLUMNS = ("path", "label", "defect_type", "score", "split")

@@ -11,6 +11,8 @@ import pandas as pd
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
+from defectlab.errors import DefectlabError
+
 CONTRACT_IMAGE_METRICS = (
     "image_auroc",
     "tpr_tnr_best",
@@ -22,7 +24,7 @@ CONTRACT_IMAGE_METRICS = (
 )
 
 
-class MetricError(ValueError):
+class MetricError(DefectlabError, ValueError):
     """Metrics cannot be computed from these inputs (e.g. one class only)."""
 
 

@@ -183,24 +183,22 @@ def save_figure(figure: Figure, path, dpi: int = 110) -> None:
 
 
 HEATMAP_ROWS = 6
-HEATMAP_COLUMNS = ("input", "reconstruction", "anomaly map", "ground truth")
 
 
 def heatmap_figure(
     images: np.ndarray,
-    reconstructions: np.ndarray,
     anomaly_maps: np.ndarray,
     masks: np.ndarray | None,
     scores,
     defect_types,
     title: str,
+    extra_panels: list | None = None,
 ) -> Figure:
-    """One row per image: input, reconstruction, anomaly map and ground-truth mask.
+    """One row per image: input, the method's extra panels, anomaly map, ground-truth mask.
 
     Parameters
     ----------
     images : numpy.ndarray, uint8, (n, h, w, channels)
-    reconstructions : numpy.ndarray, float in [0, 1], (n, h, w, channels)
     anomaly_maps : numpy.ndarray, float, (n, h, w)
         Higher = more anomalous; every map is drawn on the same colour scale
         (0 to the largest value shown) so rows compare.
@@ -208,11 +206,15 @@ def heatmap_figure(
         Ground truth; a row without defect pixels says "no mask".
     scores, defect_types : sequences of length n
         Shown in each row's first title.
+    extra_panels : list of (title, numpy.ndarray float in [0, 1] (n, h, w, channels)), optional
+        Columns between the input and the map (e.g. the SSIM autoencoder's reconstruction).
     """
+    extra_panels = list(extra_panels or [])
+    column_names = ["input", *(name for name, _ in extra_panels), "anomaly map", "ground truth"]
     count = len(images)
     rows = max(1, count)
     figure, axes_grid = plt.subplots(
-        rows, len(HEATMAP_COLUMNS), figsize=(2.4 * len(HEATMAP_COLUMNS), 2.5 * rows + 0.5),
+        rows, len(column_names), figsize=(2.4 * len(column_names), 2.5 * rows + 0.5),
         squeeze=False,
     )
     for axes in axes_grid.ravel():
@@ -220,21 +222,25 @@ def heatmap_figure(
     if count == 0:
         axes_grid[0, 0].text(0.5, 0.5, "no images", ha="center", va="center")
     map_limit = float(np.max(anomaly_maps)) if count else 1.0
+    map_column, mask_column = len(column_names) - 2, len(column_names) - 1
     for row in range(count):
         grayscale = images[row].shape[-1] == 1
         colour_map = "gray" if grayscale else None
         shown_image = images[row][..., 0] if grayscale else images[row]
-        reconstruction = np.clip(reconstructions[row], 0.0, 1.0)
-        shown_reconstruction = reconstruction[..., 0] if grayscale else reconstruction
         axes_grid[row, 0].imshow(shown_image, cmap=colour_map, vmin=0, vmax=255)
         axes_grid[row, 0].set_title(f"{defect_types[row]}\nscore {float(scores[row]):.3g}", fontsize=9)
-        axes_grid[row, 1].imshow(shown_reconstruction, cmap=colour_map, vmin=0.0, vmax=1.0)
-        axes_grid[row, 2].imshow(anomaly_maps[row], cmap="inferno", vmin=0.0, vmax=max(map_limit, 1e-12))
+        for column, (_, panel_images) in enumerate(extra_panels, start=1):
+            panel = np.clip(panel_images[row], 0.0, 1.0)
+            shown_panel = panel[..., 0] if panel.ndim == 3 and panel.shape[-1] == 1 else panel
+            axes_grid[row, column].imshow(shown_panel, cmap=colour_map, vmin=0.0, vmax=1.0)
+        axes_grid[row, map_column].imshow(
+            anomaly_maps[row], cmap="inferno", vmin=0.0, vmax=max(map_limit, 1e-12)
+        )
         if masks is not None and masks[row].any():
-            axes_grid[row, 3].imshow(masks[row], cmap="gray", vmin=0, vmax=1)
+            axes_grid[row, mask_column].imshow(masks[row], cmap="gray", vmin=0, vmax=1)
         else:
-            axes_grid[row, 3].text(0.5, 0.5, "no mask", ha="center", va="center", fontsize=9)
-    for column, name in enumerate(HEATMAP_COLUMNS):
+            axes_grid[row, mask_column].text(0.5, 0.5, "no mask", ha="center", va="center", fontsize=9)
+    for column, name in enumerate(column_names):
         axes_grid[0, column].set_title(
             f"{axes_grid[0, column].get_title()}\n{name}".strip() if column == 0 else name, fontsize=9
         )

@@ -21,6 +21,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+from defectlab.errors import DefectlabError
+
 MVTEC_AD_URL = (
     "https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/"
     "download/420938113-1629952094/mvtec_anomaly_detection.tar.xz"
@@ -31,7 +33,7 @@ CHUNK_BYTES = 1 << 20
 TIMEOUT_SECONDS = 30
 
 
-class DownloadError(RuntimeError):
+class DownloadError(DefectlabError, RuntimeError):
     """The archive could not be fetched, verified or extracted."""
 
 

@@ -1,6 +1,6 @@
 """Anomaly scorers with the scikit-learn shape.
 
-Every scorer here follows one sign convention: ``score_samples`` returns
+Every scorer here follows one sign convention: ``anomaly_score`` returns
 shape ``(n,)`` and **higher = more anomalous**.
 """
 
@@ -40,7 +40,7 @@ class LOFScorer:
 
     Notes
     -----
-    ``score_samples`` returns the local outlier factor itself (the negation of
+    ``anomaly_score`` returns the local outlier factor itself (the negation of
     scikit-learn's ``score_samples``): about 1 for inliers, larger = more anomalous.
     """
 
@@ -60,7 +60,7 @@ class LOFScorer:
         ).fit(self.scaler_.transform(good_features))
         return self
 
-    def score_samples(self, features) -> np.ndarray:
+    def anomaly_score(self, features) -> np.ndarray:
         """Local outlier factor of each row, shape ``(n,)``; higher = more anomalous."""
         if not hasattr(self, "lof_"):
             raise NotFittedError("LOFScorer is not fitted yet; call fit first")
@@ -82,7 +82,7 @@ class PCALOFScorer:
     pca_ : PCA
     lof_scorer_ : LOFScorer
 
-    ``score_samples`` takes images ``(n, h, w, c)`` and returns shape ``(n,)``,
+    ``anomaly_score`` takes images ``(n, h, w, c)`` and returns shape ``(n,)``,
     higher = more anomalous.
     """
 
@@ -102,11 +102,11 @@ class PCALOFScorer:
         self.lof_scorer_ = LOFScorer(self.n_neighbors).fit(self.pca_.transform(pixels))
         return self
 
-    def score_samples(self, images) -> np.ndarray:
+    def anomaly_score(self, images) -> np.ndarray:
         """LOF of the PCA codes, shape ``(n,)``; higher = more anomalous."""
         if not hasattr(self, "pca_"):
             raise NotFittedError("PCALOFScorer is not fitted yet; call fit first")
-        return self.lof_scorer_.score_samples(self.pca_.transform(self._flatten(images)))
+        return self.lof_scorer_.anomaly_score(self.pca_.transform(self._flatten(images)))
 
 
 def standardize_scores(scores, reference_mean: float, reference_std: float) -> np.ndarray:

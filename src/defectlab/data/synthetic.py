@@ -20,7 +20,7 @@ non-empty exactly where the defect changed the picture.
 
 Examples
 --------
->>> from defectlab.synthetic import SyntheticSpec, ensure_synthetic_dataset
+>>> from defectlab.data.synthetic import SyntheticSpec, ensure_synthetic_dataset
 >>> root = ensure_synthetic_dataset(SyntheticSpec(image_size=64, count_scale=0.1), cache_dir="/tmp/defectlab-cache")
 >>> sorted(p.name for p in root.iterdir() if p.is_dir())
 ['cable', 'capsule', 'carpet', 'leather']
@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from defectlab.data import default_cache_dir
+from defectlab.data.cache import default_cache_dir
 
 __all__ = [
     "CATEGORY_DEFECT_TYPES",

@@ -1,6 +1,6 @@
 """SSIM autoencoder (Bergmann et al. 2018): training, anomaly maps, image scores.
 
-The network (`defectlab.models.build_ssim_autoencoder`) learns to reconstruct
+The network (`defectlab.methods.ssim.network.build_ssim_autoencoder`) learns to reconstruct
 defect-free images scaled to [0, 1]. A defect is what it cannot reconstruct.
 
 Loss
@@ -50,10 +50,10 @@ import numpy as np
 import tensorflow as tf
 from scipy import ndimage
 
-from defectlab.config import SSIMConfig
-from defectlab.metric_learning import RaiseOnNonFiniteLoss, make_optimizer
-from defectlab.models import build_ssim_autoencoder
-from defectlab.synthetic import TEXTURE_CATEGORIES as SYNTHETIC_TEXTURE_CATEGORIES
+from defectlab.methods.keras_training import RaiseOnNonFiniteLoss, make_optimizer
+from defectlab.methods.ssim.config import SSIMConfig
+from defectlab.methods.ssim.network import build_ssim_autoencoder
+from defectlab.data.synthetic import TEXTURE_CATEGORIES as SYNTHETIC_TEXTURE_CATEGORIES
 
 # Textures take any flip or 90-degree rotation; MVTec AD's other textures likewise.
 TEXTURE_CATEGORIES = tuple(sorted({*SYNTHETIC_TEXTURE_CATEGORIES, "grid", "tile", "wood"}))
@@ -216,7 +216,7 @@ def train_ssim_autoencoder(
     """Train the autoencoder on augmented good images (``uint8``, ``(n, size, size, channels)``).
 
     Returns the trained network (input and output in [0, 1]) and Keras's
-    history. Raises `defectlab.metric_learning.NonFiniteLossError` if the
+    history. Raises `defectlab.methods.keras_training.NonFiniteLossError` if the
     loss stops being finite.
     """
     keras.utils.set_random_seed(seed)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import os
 from pathlib import Path
 
@@ -29,9 +28,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image
 
-BUNDLE_CONFIG_FILE = "detector.json"
+from defectlab.data.decoder import ImageDecodeError, ImageDecoder
+from defectlab.errors import DefectlabError
+from defectlab.methods import method_by_tag
+from defectlab.serving.bundle import bundle_decoder, read_bundle
+
 IMAGE_COLUMN = "image"
-MAX_INPUT_PIXELS = 40_000_000  # ~6300 x 6300: well above MVTec's 1024 px, far below a memory bomb
 INPUT_EXAMPLE_SIZE = 64
 
 
@@ -64,41 +66,19 @@ def _image_bytes(value, row: int) -> bytes:
     )
 
 
-def decode_image(value, image_size: int, grayscale: bool, row: int = 0) -> np.ndarray:
-    """Decode one input value to ``uint8`` ``(image_size, image_size, channels)``.
+def decode_image(value, decoder: ImageDecoder, row: int = 0) -> np.ndarray:
+    """Decode one input value with the detector's `ImageDecoder`.
 
     Raises `MlflowException` (HTTP 400) naming the row and the problem.
     """
     payload = _image_bytes(value, row)
-    if not payload:
-        raise _invalid(f"row {row}: the image is empty (0 bytes)")
     try:
-        with Image.open(io.BytesIO(payload)) as image:
-            width, height = image.size
-            if width * height > MAX_INPUT_PIXELS:
-                raise _invalid(
-                    f"row {row}: the image is {width}x{height} pixels, more than the "
-                    f"{MAX_INPUT_PIXELS} pixels a detector accepts; resize it first"
-                )
-            image.load()
-            image = image.convert("L" if grayscale else "RGB")
-            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
-    except MlflowException:
-        raise
-    except Image.DecompressionBombError as error:
-        # Pillow refuses far larger images (over ~179 M pixels) already in Image.open,
-        # before the size check above can see them.
-        raise _invalid(
-            f"row {row}: the image is too large ({error}); a detector accepts at most "
-            f"{MAX_INPUT_PIXELS} pixels, resize it first"
-        ) from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise _invalid(f"row {row}: not a readable PNG/JPEG image ({error})") from None
-    return array[..., np.newaxis] if grayscale else array
+        return decoder.decode(payload)
+    except ImageDecodeError as error:
+        raise _invalid(f"row {row}: {error}") from None
 
 
-def decode_images(model_input, image_size: int, grayscale: bool) -> np.ndarray:
+def decode_images(model_input, decoder: ImageDecoder) -> np.ndarray:
     """Decode the ``image`` column of a pyfunc input into a ``uint8`` batch."""
     if isinstance(model_input, dict):
         model_input = pd.DataFrame(model_input)
@@ -113,10 +93,9 @@ def decode_images(model_input, image_size: int, grayscale: bool) -> np.ndarray:
     values = model_input[IMAGE_COLUMN].tolist()
     if not values:
         raise _invalid("the input holds no images")
-    channels = 1 if grayscale else 3
-    batch = np.zeros((len(values), image_size, image_size, channels), dtype=np.uint8)
+    batch = decoder.empty_batch(len(values))
     for row, value in enumerate(values):
-        batch[row] = decode_image(value, image_size, grayscale, row)
+        batch[row] = decode_image(value, decoder, row)
     return batch
 
 
@@ -128,35 +107,6 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def load_bundle_scorer(bundle_dir: Path, bundle_config: dict):
-    """The method's scorer object for a bundle (has ``score_images(images) -> (n,)``)."""
-    method = bundle_config.get("method")
-    if method == "l2_softmax":
-        from defectlab.metric_learning import EmbeddingLOFDetector
-
-        return EmbeddingLOFDetector.load(bundle_dir, bundle_config)
-    if method == "ssim_ae":
-        from defectlab.autoencoder import SSIMDetectorScorer
-
-        return SSIMDetectorScorer.load(bundle_dir, bundle_config)
-    raise ValueError(f"unknown detector method {method!r} in {bundle_dir / BUNDLE_CONFIG_FILE}")
-
-
-def write_bundle(bundle_dir: Path, scorer, method: str, image_size: int, grayscale: bool, threshold: float) -> Path:
-    """Save ``scorer`` and ``detector.json`` into ``bundle_dir`` (created)."""
-    bundle_dir = Path(bundle_dir)
-    bundle_dir.mkdir(parents=True, exist_ok=True)
-    bundle_config = {
-        "method": method,
-        "image_size": int(image_size),
-        "grayscale": bool(grayscale),
-        "threshold": float(threshold),
-        **scorer.save(bundle_dir),
-    }
-    (bundle_dir / BUNDLE_CONFIG_FILE).write_text(json.dumps(bundle_config, indent=2))
-    return bundle_dir
-
-
 class DefectDetector(mlflow.pyfunc.PythonModel):
     """pyfunc over a detector bundle: ``predict`` returns ``score`` and ``is_anomaly``."""
 
@@ -164,22 +114,20 @@ class DefectDetector(mlflow.pyfunc.PythonModel):
         self.load_bundle(Path(context.artifacts["bundle"]))
 
     def load_bundle(self, bundle_dir: Path) -> "DefectDetector":
-        self.bundle_config = json.loads((Path(bundle_dir) / BUNDLE_CONFIG_FILE).read_text())
-        self.scorer = load_bundle_scorer(Path(bundle_dir), self.bundle_config)
+        self.bundle_config, self.scorer = read_bundle(Path(bundle_dir))
+        self.method = method_by_tag(self.bundle_config["method"])
+        self.decoder = bundle_decoder(self.bundle_config)
         self.threshold = float(self.bundle_config["threshold"])
         return self
 
     def predict(self, context, model_input, params=None):
-        images = decode_images(
-            model_input, self.bundle_config["image_size"], self.bundle_config["grayscale"]
-        )
-        return self.predict_images(images, params)
+        return self.predict_images(decode_images(model_input, self.decoder), params)
 
     def predict_images(self, images: np.ndarray, params=None) -> pd.DataFrame:
         """Scores of already-decoded images (the path tests and benchmarks use)."""
         params = params or {}
         if params.get("return_map"):
-            if not hasattr(self.scorer, "score_images_with_maps"):
+            if not self.method.makes_maps:
                 raise _invalid(
                     f"return_map: the {self.bundle_config['method']} detector makes no anomaly maps"
                 )
@@ -210,7 +158,7 @@ def bundle_to_local_detector(bundle_dir: Path) -> DefectDetector:
     return DefectDetector().load_bundle(Path(bundle_dir))
 
 
-class DetectorUnavailableError(RuntimeError):
+class DetectorUnavailableError(DefectlabError, RuntimeError):
     """A logged or registered detector cannot be loaded from its URI."""
 
 
@@ -247,8 +195,3 @@ def load_logged_detector(model_uri: str):
             f"{type(python_model).__name__})"
         )
     return pyfunc_model, python_model
-
-
-def bundle_ensemble_size(bundle_config: dict) -> int:
-    """Members of a detector bundle (1 for a single network)."""
-    return len(bundle_config.get("members", [])) or 1

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from defectlab.errors import DefectlabError
+
 CHAMPION_ALIAS = "champion"
 DEFAULT_PROMOTION_METRIC = "test_image_auroc"
 
 
-class RegistryError(ValueError):
+class RegistryError(DefectlabError, ValueError):
     """A registered model, version or metric needed for promotion is missing."""
 
 

@@ -40,13 +40,14 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from defectlab import data, tracking
-from defectlab.config import ConfigError, MetricConfig, SSIMConfig, TuneConfig
-from defectlab.metrics import image_auroc
+from defectlab import data, runner, tracking
+from defectlab.config import ConfigError
+from defectlab.errors import DefectlabError
+from defectlab.methods import all_methods, get_method
+from defectlab.tuning.config import TuneConfig
 
 logger = logging.getLogger(__name__)
 
-CONFIG_CLASSES = {"metric": MetricConfig, "ssim": SSIMConfig}
 SEARCH_SPACE_TYPES = ("int", "float", "categorical")
 SPEC_KEYS = {
     "int": {"type", "low", "high", "log", "step"},
@@ -71,7 +72,7 @@ class SearchSpaceError(ConfigError):
     """The search space (built-in or YAML) is invalid; the message names the parameter."""
 
 
-class TuningError(RuntimeError):
+class TuningError(DefectlabError, RuntimeError):
     """The study cannot go on (storage unreachable, every trial failing, ...)."""
 
 
@@ -80,30 +81,6 @@ class SurplusTrialError(RuntimeError):
 
 
 # Search space
-
-
-def default_search_space(method: str, available_reference_images: int, reference_dir: str = "") -> dict:
-    """The built-in search space of ``method``, in the same form as a YAML file.
-
-    metric: the settings the article calls sensitive (epochs, optimiser and
-    its learning rate, the size of the reference set); ssim: epochs, optimiser,
-    learning rate and the bottleneck size. The reference set needs at least one
-    image for a second softmax class unless ``reference_dir`` provides one.
-    """
-    space = {
-        "epochs": {"type": "int", "low": 2, "high": 100, "log": True},
-        "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
-        "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
-    }
-    if method == "metric":
-        lowest = 0 if reference_dir else 1
-        if available_reference_images > lowest:
-            space["reference_size"] = {
-                "type": "int", "low": lowest, "high": available_reference_images, "log": lowest > 0,
-            }
-    else:
-        space["latent_dim"] = {"type": "int", "low": 16, "high": 512, "log": True}
-    return space
 
 
 def load_search_space(path: str | Path) -> dict:
@@ -232,15 +209,7 @@ def resolve_search_space(tune_config: TuneConfig, base_config, data_root: Path) 
     if tune_config.search_space:
         space = load_search_space(tune_config.search_space)
     else:
-        available = 0
-        if tune_config.method == "metric":
-            from defectlab.metric_learning import reference_paths
-
-            pools = reference_paths(data_root, base_config.category, -1, "", base_config.seed)
-            available = sum(len(paths) for paths in pools.values())
-        space = default_search_space(
-            tune_config.method, available, getattr(base_config, "reference_dir", "")
-        )
+        space = get_method(tune_config.method).default_search_space(base_config, data_root)
     return validate_search_space(space, base_config)
 
 
@@ -269,13 +238,18 @@ def base_training_config(tune_config: TuneConfig, training_options: dict):
 
     ``training_options`` maps setting names to values; ``None`` means "the
     method's default" (the CLI passes that for settings whose default differs
-    between methods). A setting of the other method only is an error unless it
-    is at its default (``mlflow run`` passes every parameter).
+    between methods). A setting of another method only is an error unless it
+    is at that method's default (``mlflow run`` passes every parameter).
     """
-    config_class = CONFIG_CLASSES[tune_config.method]
-    other_class = CONFIG_CLASSES["ssim" if tune_config.method == "metric" else "metric"]
+    config_class = get_method(tune_config.method).config_class
     own_fields = {field.name for field in dataclasses.fields(config_class)}
-    other_defaults = {field.name: field.default for field in dataclasses.fields(other_class)}
+    other_defaults: dict[str, set] = {}
+    owners: dict[str, list[str]] = {}
+    for method in all_methods():
+        if method.config_class is not config_class:
+            for field in dataclasses.fields(method.config_class):
+                other_defaults.setdefault(field.name, set()).add(field.default)
+                owners.setdefault(field.name, []).append(method.name)
     settings = {}
     for name, value in training_options.items():
         if value is None:
@@ -284,14 +258,13 @@ def base_training_config(tune_config: TuneConfig, training_options: dict):
             settings[name] = value
         elif name not in other_defaults:
             raise ConfigError(f"unknown training setting {name!r}")
-        elif value != other_defaults[name]:
+        elif value not in other_defaults[name]:
             raise ConfigError(
-                f"{name} is a setting of the other method, not of method={tune_config.method}"
+                f"{name} is a setting of the other method(s) {', '.join(owners[name])}, "
+                f"not of method={tune_config.method}"
             )
     settings.update(category=tune_config.category, data_dir=tune_config.data_dir, seed=tune_config.seed)
-    config = config_class(**settings)
-    config.validate()
-    return config
+    return config_class(**settings)
 
 
 # Storage and study
@@ -430,44 +403,6 @@ def open_study(tune_config: TuneConfig, pruner: optuna.pruners.BasePruner | None
 # Intermediate validation scores (for pruning)
 
 
-def validation_scorer(method: str, dataset: data.CategoryData, config):
-    """A function ``model -> val_image_auroc`` for the network being trained.
-
-    metric: embed the good train images and the val images with the
-    classifier's pooled features, fit a `LOFScorer` on the former, score the
-    latter. ssim: the SSIM autoencoder's image scores of the val images.
-    """
-    val_rows = dataset.rows("val")
-    val_labels = dataset.table["label"].to_numpy()[val_rows]
-    val_images = dataset.images[val_rows]
-    if method == "metric":
-        from defectlab.metric_learning import embed
-        from defectlab.models import embedding_model
-        from defectlab.scoring import LOFScorer
-
-        good_train_images = dataset.images_of("train")
-        # One embedding model per network in training: Keras traces a model's predict
-        # function at its first call (seconds on a CPU), so a new one per scoring costs that each time.
-        embedder_of = {"classifier": None, "embedder": None}
-
-        def score(classifier: keras.Model) -> float:
-            if embedder_of["classifier"] is not classifier:
-                embedder_of.update(classifier=classifier, embedder=embedding_model(classifier))
-            embedder = embedder_of["embedder"]
-            scorer = LOFScorer(config.lof_neighbors).fit(embed(embedder, good_train_images))
-            return image_auroc(val_labels, scorer.score_samples(embed(embedder, val_images)))
-
-        return score
-
-    from defectlab.autoencoder import SSIMDetectorScorer, min_defect_area_for
-
-    def score(autoencoder: keras.Model) -> float:
-        scorer = SSIMDetectorScorer(autoencoder, config.ssim_window, min_defect_area_for(config.image_size))
-        return image_auroc(val_labels, scorer.score_images(val_images))
-
-    return score
-
-
 class TrialMonitor(keras.callbacks.Callback):
     """Ties a trial to its training run: tags the run, reports validation AUROC, prunes.
 
@@ -547,7 +482,7 @@ class StudyObjective:
         self.base_config = base_config
         self.search_space = search_space
         self.parent_run_id = parent_run_id
-        self.train = _training_function(tune_config.method)
+        self.method = get_method(tune_config.method)
         self.datasets = dict(datasets or {})
 
     def dataset(self, image_size: int, grayscale: bool) -> data.CategoryData:
@@ -571,12 +506,11 @@ class StudyObjective:
         monitor = TrialMonitor(trial, self.run_tags(trial), pruning_interval=self.tune_config.pruning_interval)
         started_ms = int(time.time() * 1000)
         try:
-            config.validate()
-            if self.tune_config.pruning_interval:
-                dataset = self.dataset(config.image_size, getattr(config, "grayscale", False))
-                monitor.score_validation = validation_scorer(self.tune_config.method, dataset, config)
+            if self.tune_config.pruning_interval and self.method.pruning_scorer is not None:
+                dataset = self.dataset(config.image_size, self.method.grayscale(config))
+                monitor.score_validation = self.method.pruning_scorer(dataset, config)
             with tracking.Stopwatch() as watch:
-                result = self.train(
+                result = runner.run_training(
                     config, run_name=f"trial-{trial.number}", nested=True, epoch_callbacks=[monitor]
                 )
         except optuna.TrialPruned as pruned:
@@ -638,12 +572,6 @@ class StudyObjective:
             trial.set_user_attr("mlflow_run_id", run_ids[0])
         except Exception as error:  # the trial's own failure is the one to report
             logger.warning("could not tag the MLflow run of trial %d: %s", trial.number, error)
-
-
-def _training_function(method: str):
-    from defectlab import experiment
-
-    return experiment.run_metric if method == "metric" else experiment.run_ssim
 
 
 def run_worker_trials(study: optuna.Study, objective: StudyObjective, tune_config: TuneConfig) -> None:
@@ -778,22 +706,22 @@ def run_study(tune_config: TuneConfig, base_config, pruner: optuna.pruners.BaseP
     Parameters
     ----------
     tune_config : TuneConfig
-    base_config : MetricConfig or SSIMConfig
+    base_config : RunConfig
+        The config of ``tune_config.method``.
         The training settings held fixed (the searched ones are replaced per trial).
     pruner : optuna.pruners.BasePruner, optional
         Default: `optuna.pruners.MedianPruner` (none when ``pruning_interval`` is 0).
     """
-    tune_config.validate()
-    base_config.validate()
-    if type(base_config) is not CONFIG_CLASSES[tune_config.method]:
+    method = get_method(tune_config.method)
+    if type(base_config) is not method.config_class:
         raise ConfigError(
-            f"method={tune_config.method} needs a {CONFIG_CLASSES[tune_config.method].__name__}, "
+            f"method={tune_config.method} needs a {method.config_class.__name__}, "
             f"got {type(base_config).__name__}"
         )
     data_root = data.resolve_data_root(base_config.data_dir)
     search_space = resolve_search_space(tune_config, base_config, data_root)
     # Loaded once, before any run exists: a missing category fails here, not in every trial.
-    grayscale = getattr(base_config, "grayscale", False)
+    grayscale = method.grayscale(base_config)
     dataset = data.load_category(
         base_config.data_dir, base_config.category, base_config.image_size,
         grayscale=grayscale, seed=base_config.seed,
@@ -802,7 +730,7 @@ def run_study(tune_config: TuneConfig, base_config, pruner: optuna.pruners.BaseP
     study = open_study(tune_config, pruner)
     parent_tags = {
         "study_name": tune_config.resolved_study_name,
-        "method": base_config.method,
+        "method": method.tag,
         "category": tune_config.category,
         "dataset": dataset.dataset_name,
         "storage": _describe_url(tune_config.storage),

@@ -1,4 +1,4 @@
-"""Models-from-code entry of the ``detector`` pyfunc (see `defectlab.detector`).
+"""Models-from-code entry of the ``detector`` pyfunc (see `defectlab.serving.detector`).
 
 MLflow executes this file when the logged model is loaded; it must only
 declare the model object.
@@ -6,6 +6,6 @@ declare the model object.
 
 from mlflow.models import set_model
 
-from defectlab.detector import DefectDetector
+from defectlab.serving.detector import DefectDetector
 
 set_model(DefectDetector())

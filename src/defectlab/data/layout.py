@@ -26,10 +26,7 @@ All four are disjoint and reproducible from the seed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +35,16 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from defectlab.data.cache import cache_key, cached_array, default_cache_dir
+from defectlab.data.decoder import ImageDecodeError, ImageDecoder
+from defectlab.data.synthetic import ensure_synthetic_dataset
+from defectlab.data.errors import DatasetError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SYNTHETIC_DATA_DIR = "synthetic"
 DEFAULT_VAL_FRACTION = 0.5
 DEFAULT_THRESHOLD_FRACTION = 0.1
-CACHE_FORMAT_VERSION = 1
 TABLE_COLUMNS = ("path", "label", "defect_type", "split", "mask_path")
-
-
-class DatasetError(ValueError):
-    """The data on disk is missing, malformed or unusable; the message names the path."""
 
 
 @dataclass(frozen=True)
@@ -84,16 +81,9 @@ class CategoryData:
         return dataset_name(self.root)
 
 
-def default_cache_dir() -> Path:
-    """``$DEFECTLAB_CACHE`` or ``~/.cache/defectlab``."""
-    return Path(os.environ.get("DEFECTLAB_CACHE") or Path.home() / ".cache" / "defectlab")
-
-
 def resolve_data_root(data_dir: str | os.PathLike) -> Path:
     """The dataset root for ``data_dir``: ``synthetic`` means the built-in generated set."""
     if str(data_dir) == SYNTHETIC_DATA_DIR:
-        from defectlab.synthetic import ensure_synthetic_dataset
-
         return ensure_synthetic_dataset()
     root = Path(data_dir).expanduser()
     if not root.exists():
@@ -232,41 +222,11 @@ def split_category_table(
     return result
 
 
-def _file_fingerprint(paths: list[str]) -> list[tuple[str, int, int]]:
-    fingerprint = []
-    for path in paths:
-        try:
-            stat = os.stat(path)
-        except FileNotFoundError as error:
-            raise DatasetError(f"image file {path} does not exist") from error
-        fingerprint.append((str(path), stat.st_size, stat.st_mtime_ns))
-    return fingerprint
-
-
-def _cache_key(kind: str, paths: list[str], image_size: int, grayscale: bool) -> str:
-    payload = json.dumps(
-        {
-            "version": CACHE_FORMAT_VERSION,
-            "kind": kind,
-            "files": _file_fingerprint(paths),
-            "image_size": image_size,
-            "grayscale": grayscale,
-        }
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
-def _decode_image(path: str, image_size: int, grayscale: bool) -> np.ndarray:
+def _decode_image(path: str, decoder: ImageDecoder) -> np.ndarray:
     try:
-        with Image.open(path) as image:
-            image.load()
-            image = image.convert("L" if grayscale else "RGB")
-            if image.size != (image_size, image_size):
-                image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return decoder.decode(path)
+    except ImageDecodeError as error:
         raise DatasetError(f"cannot read image {path}: {error}") from error
-    return array[..., np.newaxis] if grayscale else array
 
 
 def _decode_mask(mask_path: str, image_path: str, image_size: int) -> np.ndarray:
@@ -290,28 +250,6 @@ def _decode_mask(mask_path: str, image_path: str, image_size: int) -> np.ndarray
         raise DatasetError(f"cannot read mask {mask_path}: {error}") from error
 
 
-def _cached_array(key: str, cache_dir: Path | None, build) -> np.ndarray:
-    """Load ``<cache>/arrays/<key>.npy`` or build it, writing atomically so no reader sees half a file."""
-    cache_path = Path(cache_dir or default_cache_dir()) / "arrays" / f"{key}.npy"
-    if cache_path.is_file():
-        try:
-            return np.load(cache_path, allow_pickle=False)
-        except (OSError, ValueError):
-            cache_path.unlink(missing_ok=True)  # a damaged cache entry is rebuilt, never trusted
-    array = build()
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache_path.parent, suffix=".tmp", delete=False) as handle:
-        temporary_path = Path(handle.name)
-        try:
-            np.save(handle, array, allow_pickle=False)
-        except BaseException:
-            handle.close()
-            temporary_path.unlink(missing_ok=True)
-            raise
-    os.replace(temporary_path, cache_path)
-    return array
-
-
 def load_images(
     paths: list[str],
     image_size: int,
@@ -327,17 +265,17 @@ def load_images(
     numpy.ndarray of shape (len(paths), image_size, image_size, 1 if grayscale else 3)
     """
     paths = [str(path) for path in paths]
-    channels = 1 if grayscale else 3
+    decoder = ImageDecoder(image_size, grayscale)
     if not paths:
-        return np.zeros((0, image_size, image_size, channels), dtype=np.uint8)
+        return decoder.empty_batch()
 
     def decode_all() -> np.ndarray:
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-            decoded = list(pool.map(lambda path: _decode_image(path, image_size, grayscale), paths))
+            decoded = list(pool.map(lambda path: _decode_image(path, decoder), paths))
         return np.stack(decoded)
 
-    key = _cache_key("images", paths, image_size, grayscale)
-    return _cached_array(key, cache_dir, decode_all)
+    key = cache_key("images", paths, image_size, grayscale)
+    return cached_array(key, cache_dir, decode_all)
 
 
 def load_masks(
@@ -363,8 +301,8 @@ def load_masks(
         return np.zeros((len(mask_paths), image_size, image_size), dtype=bool)
     paired_image_paths = [image for mask, image in zip(mask_paths, image_paths) if mask]
     row_layout = "".join("1" if mask else "0" for mask in mask_paths)  # where the masks sit
-    key = _cache_key("masks" + row_layout, present + paired_image_paths, image_size, True)
-    return _cached_array(key, cache_dir, decode_all)
+    key = cache_key("masks" + row_layout, present + paired_image_paths, image_size, True)
+    return cached_array(key, cache_dir, decode_all)
 
 
 def load_category(
@@ -386,6 +324,15 @@ def load_category(
     )
     images = load_images(table["path"].tolist(), image_size, grayscale, cache_dir)
     return CategoryData(root=root, category=category, table=table, images=images)
+
+
+def good_train_paths_of_other_categories(root: Path, category: str) -> dict[str, list[str]]:
+    """``{other category: its train/good image paths}`` for every other category that has them."""
+    return {
+        other: good_train_paths(root, other)
+        for other in list_categories(root)
+        if other != category and (Path(root) / other / "train" / "good").is_dir()
+    }
 
 
 def good_train_paths(root: Path, category: str) -> list[str]:

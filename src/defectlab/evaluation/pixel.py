@@ -1,0 +1,52 @@
+"""Pixel-level metrics and heatmap figures, for methods that make anomaly maps."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from defectlab.evaluation import figures, metrics
+
+logger = logging.getLogger(__name__)
+
+
+def pixel_metrics(scored_table, masks: np.ndarray, anomaly_maps: np.ndarray) -> dict:
+    """``test_pixel_auroc`` and ``test_aupro`` over the test images that have ground truth.
+
+    Good images count with their all-clear masks; defect images without a
+    mask file are left out (their defect pixels are unknown). Empty when no
+    test defect has a mask.
+    """
+    test = (scored_table["split"] == "test").to_numpy()
+    has_mask = scored_table["mask_path"].fillna("").astype(str).str.len().to_numpy() > 0
+    defect = scored_table["label"].to_numpy() == 1
+    if not masks[test & defect & has_mask].any():
+        logger.info("no ground-truth defect pixels among the test images: pixel metrics skipped")
+        return {}
+    kept = test & (~defect | has_mask)
+    return {
+        "test_pixel_auroc": metrics.pixel_auroc(masks[kept], anomaly_maps[kept]),
+        "test_aupro": metrics.aupro(masks[kept], anomaly_maps[kept]),
+    }
+
+
+def heatmap_figures(result, scored_images, anomaly_maps, masks, extra_panels_of=None) -> dict:
+    """``heatmaps/<ranking>.png``: input, extra panels, map and mask of the ranked test images.
+
+    ``extra_panels_of(images) -> [(title, images in [0, 1])]`` adds the method's
+    own columns (e.g. the SSIM autoencoder's reconstruction).
+    """
+    test_positions = np.flatnonzero(result.test_rows())
+    test_table = result.scored_table.iloc[test_positions]
+    scores = test_table["score"].to_numpy()
+    rankings = figures.ranked_indices(test_table["label"].to_numpy(), scores, count=figures.HEATMAP_ROWS)
+    heatmaps = {}
+    for ranking_name, indices in rankings.items():
+        rows = test_positions[indices]
+        heatmaps[f"heatmaps/{ranking_name}.png"] = figures.heatmap_figure(
+            scored_images[rows], anomaly_maps[rows], masks[rows], scores[indices],
+            test_table["defect_type"].to_numpy()[indices], figures.RANKED_TITLES[ranking_name],
+            extra_panels=extra_panels_of(scored_images[rows]) if extra_panels_of else None,
+        )
+    return heatmaps

@@ -1,0 +1,329 @@
+"""The one generic runner: a tracked training run of any registered method, and ``evaluate``.
+
+`run_training` is what ``defectlab <method>`` (and ``mlflow run . -e <method>``)
+calls::
+
+    checks (config, tracking server) -> load data -> method.prepare (checks that need no training)
+    -> open the run -> fit -> score (and maps) -> evaluate -> figures -> log -> register
+
+with the recovery folder if the server is lost after training. The
+method-specific part is the method's ``prepare``/``fit``/``score`` (see
+`defectlab.methods.base.Method`); everything else here is shared.
+`run_evaluate` scores an already logged detector and logs its run through the
+same evaluation and logging path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from defectlab import data, evaluation, tracking
+from defectlab.config import EvaluateConfig
+from defectlab.evaluation.pixel import heatmap_figures, pixel_metrics
+from defectlab.methods import method_by_tag, method_of_config
+from defectlab.methods.base import Method
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished training (or evaluation) run produced."""
+
+    run_id: str
+    metrics: dict
+    detector_uri: str
+    model_version: str | None = None
+
+
+def accelerator() -> str:
+    """``GPU`` when TensorFlow sees one, else ``CPU``."""
+    import tensorflow as tf
+
+    return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+
+
+def training_tags(method: Method, config, dataset: data.CategoryData, prepared, device: str) -> dict:
+    """The contract's tags of a training run, plus the method's own (e.g. ``weights``)."""
+    return {
+        "method": method.tag,
+        "category": config.category,
+        "dataset": dataset.dataset_name,
+        "ensemble_size": prepared.ensemble_size,
+        "image_size": config.image_size,
+        "device": device,
+        **prepared.tags,
+    }
+
+
+def run_training(config, run_name: str | None = None, nested: bool = False,
+                 epoch_callbacks: list | None = None) -> RunResult:
+    """Train, score, evaluate and log one run of the method whose config ``config`` is.
+
+    Everything that can be checked is checked before the run opens: the
+    settings (at the config's construction), the tracking server, the dataset
+    and its splits, and the method's own checks (weights, reference images,
+    memory). Map-making methods also log ``test_pixel_auroc``, ``test_aupro``
+    (where masks exist) and ``heatmaps/``.
+    """
+    method = method_of_config(config)
+    tracking.check_tracking_server()
+    grayscale = method.grayscale(config)
+    dataset = data.load_category(
+        config.data_dir, config.category, config.image_size, grayscale=grayscale, seed=config.seed
+    )
+    scored = evaluation.scored_rows(dataset.table)
+    scored_table = dataset.table[scored]
+    masks = data.load_masks(scored_table, config.image_size) if method.makes_maps else None
+    prepared = method.prepare(config, dataset)
+
+    tags = training_tags(method, config, dataset, prepared, accelerator())
+    with tracking.tracked_run(dataclasses.asdict(config), tags, run_name=run_name, nested=nested) as run:
+        fitted = prepared.fit(list(epoch_callbacks or []))
+        scored_images = dataset.images[scored]
+        with tracking.Stopwatch() as score_watch:
+            run_scores = method.score(
+                fitted.detector, scored_images,
+                lambda scores: evaluation.evaluate(scored_table, scores).metrics,
+            )
+        extra_metrics = {**fitted.metrics, **run_scores.metrics, "score_seconds": score_watch.seconds}
+        if method.makes_maps:
+            extra_metrics.update(pixel_metrics(scored_table, masks, run_scores.anomaly_maps))
+
+        def extra_figures(result) -> dict:
+            figures = dict(fitted.figures)
+            if method.makes_maps:
+                figures.update(heatmap_figures(
+                    result, scored_images, run_scores.anomaly_maps, masks,
+                    lambda images: method.heatmap_panels(fitted.detector, images),
+                ))
+            return figures
+
+        return finish_training_run(
+            run, method, scored_table, run_scores.scores, scored_images, extra_metrics,
+            detector=fitted.detector, keras_model=fitted.keras_model,
+            decoder=data.ImageDecoder(config.image_size, grayscale),
+            register_as=config.register_as, category=config.category, extra_figures=extra_figures,
+        )
+
+
+def finish_training_run(
+    run,
+    method: Method,
+    scored_table,
+    scores: np.ndarray,
+    scored_images: np.ndarray,
+    extra_metrics: dict,
+    detector,
+    keras_model,
+    decoder: data.ImageDecoder,
+    register_as: str = "",
+    category: str = "",
+    extra_figures=None,
+) -> RunResult:
+    """The shared tail of every training run: evaluate, log, bundle, register.
+
+    If logging fails after training (the tracking server is gone), the
+    results are saved to a local recovery folder and `tracking.RunNotLoggedError`
+    names it.
+
+    Parameters
+    ----------
+    run : mlflow.ActiveRun
+        The open training run.
+    method : Method
+        Whose detector this is (its tag goes into the bundle).
+    scored_table : pandas.DataFrame
+        The scored rows (splits threshold/val/test), aligned with ``scores`` and ``scored_images``.
+    scores : numpy.ndarray of shape (n,)
+        Higher = more anomalous.
+    extra_metrics : dict
+        Method-specific metrics (cost, pixel metrics...) logged with the contract's.
+    detector
+        Saved into the ``detector`` bundle (see `defectlab.methods.base`).
+    keras_model : keras.Model
+        Logged as ``model``.
+    decoder : ImageDecoder
+        How the run's images were decoded; serving decodes the same way.
+    extra_figures : callable, optional
+        ``extra_figures(evaluation) -> {artifact_path: Figure}``, e.g. ``heatmaps/``.
+    category : str, optional
+        Names the local recovery folder.
+    """
+    from defectlab.serving.bundle import write_bundle
+    from defectlab.serving.detector import detector_signature_and_example
+
+    result = evaluation.evaluate(scored_table, scores)
+    result.metrics.update(extra_metrics)
+    with tracking.saving_locally_if_logging_fails(
+        category or "run",
+        lambda folder: save_run_locally(folder, method, result, keras_model, detector, decoder),
+    ):
+        tracking.log_evaluation(result, scored_images, extra_figures(result) if extra_figures else None)
+
+        tracking.log_keras_model(keras_model)
+        with tempfile.TemporaryDirectory() as folder:
+            bundle_dir = write_bundle(
+                Path(folder) / "bundle", detector, method.tag, decoder, threshold=result.threshold
+            )
+            signature, input_example = detector_signature_and_example(decoder.image_size, decoder.grayscale)
+            detector_info = tracking.log_detector(bundle_dir, signature, input_example)
+        model_version = None
+        if register_as:
+            model_version = tracking.register_model(detector_info.model_uri, register_as).version
+    return RunResult(
+        run_id=run.info.run_id,
+        metrics=dict(result.metrics),
+        detector_uri=detector_info.model_uri,
+        model_version=model_version,
+    )
+
+
+def save_run_locally(folder: Path, method: Method, result, keras_model, detector,
+                     decoder: data.ImageDecoder) -> None:
+    """A run's results as plain files, for when they could not be logged.
+
+    ``bundle/`` (the detector bundle, loadable by `defectlab.serving.detector.bundle_to_local_detector`),
+    ``scores.csv`` (the contract's columns), ``metrics.json`` and ``model.keras``.
+    """
+    from defectlab.serving.bundle import write_bundle
+
+    write_bundle(folder / "bundle", detector, method.tag, decoder, threshold=result.threshold)
+    result.scores_frame().to_csv(folder / "scores.csv", index=False)
+    (folder / "metrics.json").write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
+    keras_model.save(folder / "model.keras")
+
+
+def score_image_files(pyfunc_model, paths: list[str], batch_size: int) -> np.ndarray:
+    """Scores of image files through a detector pyfunc's ``predict``, ``batch_size`` files at a time.
+
+    The files go in as paths in the ``image`` column, so they are decoded and
+    resized exactly as a served request's images are.
+    """
+    from defectlab.serving.detector import IMAGE_COLUMN
+
+    scores = [
+        pyfunc_model.predict(pd.DataFrame({IMAGE_COLUMN: paths[start:start + batch_size]}))["score"]
+        for start in range(0, len(paths), batch_size)
+    ]
+    return np.concatenate([np.asarray(batch, dtype=np.float64) for batch in scores])
+
+
+def evaluation_tags(config: EvaluateConfig, bundle_config: dict, dataset: data.CategoryData) -> dict:
+    from defectlab.serving.bundle import bundle_ensemble_size
+
+    return {
+        "method": bundle_config["method"],
+        "category": config.category,
+        "dataset": dataset.dataset_name,
+        "ensemble_size": bundle_ensemble_size(bundle_config),
+        "image_size": bundle_config["image_size"],
+        "evaluated_model": config.model_uri,
+    }
+
+
+def run_evaluate(config: EvaluateConfig, run_name: str | None = None) -> RunResult:
+    """Score a logged or registered detector on one category and log a run like a training run's.
+
+    The detector's own threshold is used (not one re-chosen on this data), so
+    ``test_tpr_at_val_threshold``/``test_tnr_at_val_threshold`` say how the
+    deployed detector does. Metrics, ``scores.csv``, plots and ranked grids go
+    through the same `evaluation.evaluate` and `tracking.log_evaluation` as
+    training. A detector of a map-making method also gets the training run's
+    ``test_pixel_auroc``/``test_aupro`` and ``heatmaps/``.
+    """
+    from defectlab.serving.detector import load_logged_detector
+
+    tracking.check_tracking_server()
+    pyfunc_model, detector = load_logged_detector(config.model_uri)
+    bundle_config = detector.bundle_config
+    method = method_by_tag(bundle_config["method"])
+    decoder = detector.decoder
+    dataset = data.load_category(
+        config.data_dir, config.category, config.image_size or decoder.image_size,
+        grayscale=decoder.grayscale, seed=config.seed,
+    )
+    scored = evaluation.scored_rows(dataset.table)
+    scored_table = dataset.table[scored]
+    if method.makes_maps:
+        masks = data.load_masks(scored_table, decoder.image_size)
+        images_at_detector_size = (
+            dataset.images[scored] if dataset.images.shape[1] == decoder.image_size
+            else data.load_images(scored_table["path"].tolist(), decoder.image_size, decoder.grayscale)
+        )
+
+    with tracking.tracked_run(
+        dataclasses.asdict(config), evaluation_tags(config, bundle_config, dataset), run_name=run_name
+    ) as run:
+        extra_figures = None
+        with tracking.Stopwatch() as score_watch:
+            if method.makes_maps:
+                # Maps come from the scorer itself: the pyfunc returns them only as nested lists.
+                scores, anomaly_maps = detector.scorer.score_images_with_maps(images_at_detector_size)
+            else:
+                scores = score_image_files(pyfunc_model, scored_table["path"].tolist(), config.batch_size)
+        result = evaluation.evaluate(scored_table, scores, threshold=detector.threshold)
+        result.metrics["score_seconds"] = score_watch.seconds
+        if method.makes_maps:
+            result.metrics.update(pixel_metrics(scored_table, masks, anomaly_maps))
+            extra_figures = heatmap_figures(
+                result, images_at_detector_size, anomaly_maps, masks,
+                lambda images: method.heatmap_panels(detector.scorer, images),
+            )
+        tracking.log_evaluation(result, dataset.images[scored], extra_figures)
+        return RunResult(
+            run_id=run.info.run_id, metrics=dict(result.metrics), detector_uri=config.model_uri
+        )
+
+
+def repeat_parent_tags(config) -> dict:
+    """Tags of the parent run of ``repeats``: enough to find it, no metrics of its own."""
+    return {
+        "method": method_of_config(config).tag,
+        "category": config.category,
+        "dataset": data.dataset_name(data.resolve_data_root(config.data_dir)),
+        "repeats": config.repeats,
+    }
+
+
+def run_repeated(config, run_function=None, run_name: str | None = None) -> list[RunResult]:
+    """Run ``run_function`` ``config.repeats`` times with seeds ``seed`` .. ``seed + repeats - 1``.
+
+    With ``repeats == 1`` this is exactly ``run_function(config, run_name=run_name)``
+    (one run, no parent). Otherwise one parent run (tags ``method``,
+    ``category``, ``dataset``, ``repeats``; the config as params) holds one
+    nested sibling run per seed, each an ordinary training run with
+    ``repeats=1``, so ``compare`` finds the metrics on the children. A failing
+    child ends the parent FAILED too.
+
+    Parameters
+    ----------
+    config : RunConfig
+        A registered method's config.
+    run_function : callable, optional
+        ``run_function(config, run_name=..., nested=...) -> RunResult``; default `run_training`.
+
+    Returns
+    -------
+    list of RunResult
+        One per seed, in seed order.
+    """
+    run_function = run_function or run_training
+    if config.repeats == 1:
+        return [run_function(config, run_name=run_name)]
+    # Checked before the parent run exists, so bad settings leave no empty parent behind.
+    tracking.check_tracking_server()
+    results = []
+    with tracking.tracked_run(dataclasses.asdict(config), repeat_parent_tags(config), run_name=run_name):
+        for seed in range(config.seed, config.seed + config.repeats):
+            repeat_config = dataclasses.replace(config, seed=seed, repeats=1)
+            results.append(run_function(repeat_config, run_name=f"seed {seed}", nested=True))
+    return results

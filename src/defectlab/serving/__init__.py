@@ -1,0 +1,1 @@
+"""Serving: detector bundles, the ``detector`` pyfunc (request decoding, scores, maps)."""
