@@ -17,6 +17,7 @@ from defectlab.methods.base import Method
 METHOD_MODULES = {
     "metric": "defectlab.methods.metric",
     "ssim": "defectlab.methods.ssim",
+    "patch": "defectlab.methods.patch",
 }
 
 REGISTRY: dict[str, Method] = {}

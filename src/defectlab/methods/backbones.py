@@ -41,7 +41,8 @@ def mobilenet_v2_weights_filename(backbone_alpha: float, image_size: int) -> str
 
 
 def resolve_backbone_weights(
-    weights: str, backbone_alpha: float, image_size: int
+    weights: str, backbone_alpha: float, image_size: int,
+    offline_alternative: str = "train from scratch with -P weights=none (CLI: --weights none)",
 ) -> tuple[str | None, str]:
     """Turn the ``weights`` setting into a file for MobileNetV2, before any training.
 
@@ -70,7 +71,7 @@ def resolve_backbone_weights(
         if float(backbone_alpha) not in MOBILENET_V2_IMAGENET_ALPHAS:
             raise ConfigError(
                 f"ImageNet weights exist only for backbone_alpha in {MOBILENET_V2_IMAGENET_ALPHAS}, "
-                f"got {backbone_alpha}; use weights=none to train from scratch"
+                f"got {backbone_alpha}; to go without them, {offline_alternative}"
             )
         filename = mobilenet_v2_weights_filename(backbone_alpha, image_size)
         cached = keras_cache_dir() / filename
@@ -85,7 +86,7 @@ def resolve_backbone_weights(
                 f"ImageNet weights {filename} are not in {keras_cache_dir()} and cannot be "
                 f"downloaded ({str(error)[:200] or type(error).__name__}). Copy the file from "
                 f"{MOBILENET_V2_WEIGHTS_URL}{filename} into {keras_cache_dir()}/, "
-                "or train from scratch with -P weights=none (CLI: --weights none)."
+                f"or {offline_alternative}."
             ) from error
         return str(downloaded), "imagenet"
     path = Path(weights).expanduser()

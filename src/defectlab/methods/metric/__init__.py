@@ -40,7 +40,13 @@ def prepare(config: MetricConfig, dataset) -> PreparedRun:
     references = training.load_reference_set(
         dataset.root, config.category, config.image_size,
         reference_size=config.reference_size, reference_dir=config.reference_dir, seed=config.seed,
+        pseudo_defects=config.pseudo_defects,
     )
+    if config.pseudo_defects:
+        from defectlab.augment.pseudo_defects import PseudoDefectGenerator
+
+        # Image size and dtype checked now, not inside the tf.data pipeline mid-training.
+        PseudoDefectGenerator(seed=config.seed).check_images(dataset.images_of("train")[:1])
     weights_path, weights_tag = resolve_backbone_weights(
         config.weights, config.backbone_alpha, config.image_size
     )
@@ -65,6 +71,10 @@ def prepare(config: MetricConfig, dataset) -> PreparedRun:
 
         good_train_images = dataset.images_of("train")
         embedders, figures = [], {}
+        if config.pseudo_defects:
+            figures["training/pseudo_defects.png"] = training.pseudo_defect_examples_figure(
+                good_train_images, references.images if len(references.images) else None, config.seed
+            )
         with tracking.Stopwatch() as train_watch:
             for member_index in range(config.ensemble):
                 prefix = "" if member_index == 0 else f"member_{member_index}_"

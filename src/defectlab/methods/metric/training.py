@@ -9,6 +9,7 @@ After training, the pooled features of the network are the embedding a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,14 +74,25 @@ def load_reference_set(
     reference_size: int = -1,
     reference_dir: str = "",
     seed: int = 0,
+    pseudo_defects: int = 0,
 ) -> ReferenceSet:
-    """Load the reference classes; raises `data.DatasetError` when there are none."""
+    """Load the reference classes.
+
+    Raises `data.DatasetError` when there are none and no ``pseudo_defects``
+    class makes the second softmax class either.
+    """
     paths_by_class = reference_paths(root, category, reference_size, reference_dir, seed)
-    if not paths_by_class:
+    if not paths_by_class and pseudo_defects == 0:
         raise data.DatasetError(
             f"no reference images for {category!r}: the dataset at {root} has no other category "
             f"with train/good images, reference_size={reference_size} and reference_dir="
-            f"{reference_dir!r} adds none; a softmax needs at least two classes"
+            f"{reference_dir!r} adds none, and pseudo_defects=0; a softmax needs at least two "
+            "classes (give pseudo_defects > 0 or a reference_dir)"
+        )
+    if not paths_by_class:
+        return ReferenceSet(
+            class_names=[], images=np.zeros((0, image_size, image_size, 3), dtype=np.uint8),
+            labels=np.zeros(0, dtype=np.int32),
         )
     images, labels = [], []
     for class_index, paths in enumerate(paths_by_class.values(), start=1):
@@ -105,6 +117,54 @@ def training_dataset(
     )
 
 
+def training_dataset_with_pseudo_defects(
+    images: np.ndarray, labels: np.ndarray, target_images: np.ndarray, pseudo_defects: int,
+    pseudo_defect_label: int, batch_size: int, seed: int, sources: np.ndarray | None,
+) -> tuple[tf.data.Dataset, int]:
+    """The reference/target images mixed with ``pseudo_defects`` fresh synthesised defects per epoch.
+
+    The synthesised images (`defectlab.augment.pseudo_defects`, made on the fly
+    from the target's good images, never written) carry ``pseudo_defect_label``;
+    real and synthesised samples are drawn in proportion to their counts.
+    Returns the endless dataset and the steps that make one epoch.
+    """
+    from defectlab.augment.pseudo_defects_tf import pseudo_defect_dataset
+
+    real = (
+        tf.data.Dataset.from_tensor_slices((images, labels))
+        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        .repeat()
+    )
+    synthesised = (
+        pseudo_defect_dataset(
+            target_images, pseudo_defects, seed, sources=sources, batch_size=min(batch_size, pseudo_defects),
+            epochs=None,
+        )
+        .unbatch()
+        .map(lambda image, mask: (image, tf.constant(pseudo_defect_label, dtype=tf.int32)))
+    )
+    mixed = tf.data.Dataset.sample_from_datasets(
+        [real, synthesised], weights=[float(len(images)), float(pseudo_defects)], seed=seed
+    )
+    steps_per_epoch = max(1, math.ceil((len(images) + pseudo_defects) / batch_size))
+    dataset = (
+        mixed.batch(batch_size)
+        .map(lambda batch_images, batch_labels: (tf.cast(batch_images, tf.float32), batch_labels),
+             num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return dataset, steps_per_epoch
+
+
+def pseudo_defect_examples_figure(target_images: np.ndarray, sources: np.ndarray | None, seed: int):
+    """``training/pseudo_defects.png``: a grid of the synthesised defects the network trains on."""
+    from defectlab.augment.pseudo_defects import PseudoDefectGenerator, example_grid
+
+    count = min(8, len(target_images))
+    images, masks, kinds = PseudoDefectGenerator(seed=seed).batch(target_images[:count], seed=seed, sources=sources)
+    return example_grid(images, masks, kinds, title="synthesised training defects (pseudo_defects class)")
+
+
 def train_l2_softmax(
     target_images: np.ndarray,
     references: ReferenceSet,
@@ -116,11 +176,15 @@ def train_l2_softmax(
 ) -> tuple[keras.Model, keras.callbacks.History]:
     """Train the L2-softmax classifier: target (class 0) against the reference classes.
 
+    With ``config.pseudo_defects`` > 0, synthesised defects of the target's own
+    good images are one more class, made afresh each epoch (the reference images
+    are the Perlin blends' source textures).
+
     Returns the trained classifier and Keras's history. Raises
     `NonFiniteLossError` if the loss stops being finite.
     """
     keras.utils.set_random_seed(seed)
-    num_classes = 1 + len(references.class_names)
+    num_classes = 1 + len(references.class_names) + (1 if config.pseudo_defects else 0)
     classifier = build_l2_softmax_classifier(
         num_classes,
         config.image_size,
@@ -135,9 +199,18 @@ def train_l2_softmax(
     )
     images = np.concatenate([target_images, references.images])
     labels = np.concatenate([np.zeros(len(target_images), dtype=np.int32), references.labels])
+    steps_per_epoch = None
+    if config.pseudo_defects:
+        dataset, steps_per_epoch = training_dataset_with_pseudo_defects(
+            images, labels, target_images, config.pseudo_defects, num_classes - 1,
+            config.batch_size, seed, references.images if len(references.images) else None,
+        )
+    else:
+        dataset = training_dataset(images, labels, config.batch_size, seed)
     history = classifier.fit(
-        training_dataset(images, labels, config.batch_size, seed),
+        dataset,
         epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
         callbacks=[RaiseOnNonFiniteLoss(), *(callbacks or [])],
         verbose=progress_verbosity() if verbose is None else verbose,
     )

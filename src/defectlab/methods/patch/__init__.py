@@ -1,0 +1,158 @@
+"""The patch method: PatchCore (Roth et al., CVPR 2022) on a MobileNetV2 backbone, with anomaly maps.
+
+Every good train image is cut into patches described by two intermediate
+layers of the backbone (each averaged over a ``patch_size`` neighbourhood,
+the deeper one resized to the shallower grid); a greedy k-center coreset of
+those patches is the memory bank. A test patch's score is its distance to the
+nearest bank patch; the map is those scores upsampled and smoothed, the image
+score its maximum (reweighted as in PatchCore). No epochs and no optimiser
+unless ``backbone=self``, which trains its backbone in the run.
+
+- `config`: `PatchConfig`;
+- `backbone`: the ``backbone`` setting resolved (ImageNet, file, metric run, self, none);
+- `features`: the Keras feature extractor and patch aggregation;
+- `memory_bank`: coreset, nearest-neighbour search, map upsampling and smoothing (NumPy);
+- `detector`: `PatchCoreDetector` (fit, scores and maps, bundle files);
+- this module: the method's `METHOD` entry.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from defectlab.config import ConfigError
+from defectlab.methods.base import FitResult, Method, PreparedRun
+from defectlab.methods.patch.config import PatchConfig
+
+logger = logging.getLogger(__name__)
+
+LABEL = "Patch (PatchCore)"
+GIB = 1024 ** 3
+# Layer pairs the search space offers (shallow, deeper), all of MobileNetV2's stride-4/8/16 stages.
+SEARCHED_FEATURE_LAYERS = (
+    "block_2_add,block_5_add",
+    "block_2_add,block_9_add",
+    "block_5_add,block_9_add",
+    "block_5_add,block_12_add",
+)
+
+
+def check_layers_and_memory(config: PatchConfig, train_images: int) -> dict:
+    """Refuse unknown layers, and a bank that would not fit in ``memory_limit_gib``, before any work.
+
+    Builds an untrained backbone of the same architecture (no weights needed)
+    to read the layers' names and output shapes. Returns the memory estimate.
+    """
+    import keras
+
+    from defectlab.methods.patch.features import feature_layer_names
+    from defectlab.methods.patch.memory_bank import estimate_bank_bytes
+
+    probe = keras.applications.MobileNetV2(
+        input_shape=(config.image_size, config.image_size, 3), alpha=config.backbone_alpha,
+        include_top=False, weights=None,
+    )
+    valid = feature_layer_names(probe)
+    unknown = [name for name in config.layer_names if name not in valid]
+    if unknown:
+        raise ConfigError(
+            f"unknown feature layer(s) {', '.join(unknown)}; MobileNetV2 layers with patch grids: "
+            f"{', '.join(name for name in valid if name.endswith('_add') or name.endswith('_relu'))}"
+        )
+    shapes = [probe.get_layer(name).output.shape for name in config.layer_names]
+    grid_height, grid_width = int(shapes[0][1]), int(shapes[0][2])
+    feature_dim = config.feature_dim or sum(int(shape[-1]) for shape in shapes)
+    estimate = estimate_bank_bytes(train_images, grid_height, grid_width, feature_dim, config.coreset_ratio)
+    needed = estimate["all_patches_bytes"] + estimate["coreset_selection_bytes"] + estimate["bank_bytes"]
+    if needed > config.memory_limit_gib * GIB:
+        raise ConfigError(
+            f"the memory bank would need about {needed / GIB:.1f} GiB ({estimate['n_patches']} patches "
+            f"of {feature_dim} features from {train_images} images at {config.image_size} px), more than "
+            f"memory_limit_gib={config.memory_limit_gib}; lower image_size, set feature_dim (e.g. 128), "
+            "use a shallower feature_layers pair, or raise memory_limit_gib"
+        )
+    return estimate
+
+
+def prepare(config: PatchConfig, dataset) -> PreparedRun:
+    """Check the backbone, the layers and the bank's memory; return the fit to run."""
+    from defectlab import tracking
+    from defectlab.methods.patch.backbone import resolve_backbone
+
+    train_images = int(dataset.rows("train").sum())
+    estimate = check_layers_and_memory(config, train_images)
+    source = resolve_backbone(config, dataset)
+
+    def fit(epoch_callbacks: list) -> FitResult:
+        from defectlab.methods.patch.detector import PatchCoreDetector
+        from defectlab.methods.patch.features import patch_feature_extractor
+        from defectlab.tracking.callbacks import EpochMetricsLogger
+
+        with tracking.Stopwatch() as train_watch:
+            callbacks = [EpochMetricsLogger(), *epoch_callbacks] if source.trains else []
+            backbone = source.build(callbacks)
+            extractor = patch_feature_extractor(backbone, config.layer_names)
+        with tracking.Stopwatch() as fit_watch:
+            detector = PatchCoreDetector(
+                extractor, patch_size=config.patch_size, feature_dim=config.feature_dim,
+                coreset_ratio=config.coreset_ratio, patch_neighbors=config.patch_neighbors,
+                seed=config.seed, batch_size=config.batch_size,
+            ).fit(dataset.images_of("train"))
+        total_seconds = train_watch.seconds + fit_watch.seconds
+        return FitResult(
+            detector=detector,
+            keras_model=extractor,
+            metrics={
+                "fit_seconds": fit_watch.seconds,
+                "backbone_train_seconds": train_watch.seconds,
+                "train_seconds": total_seconds,
+                "train_images_per_second": train_images / max(total_seconds, 1e-9),
+                "memory_bank_patches": len(detector.memory_bank_.bank_),
+                "memory_bank_bytes": detector.bank_bytes,
+                "memory_bank_patches_before_coreset": detector.memory_bank_.n_patches_seen_,
+            },
+        )
+
+    logger.info(
+        "patch method: %d good patches (%.0f MiB) before the coreset, %d kept",
+        estimate["n_patches"], estimate["all_patches_bytes"] / 2 ** 20, estimate["n_bank_patches"],
+    )
+    return PreparedRun(tags={"backbone": source.tag}, fit=fit)
+
+
+def load_detector(folder, description):
+    from defectlab.methods.patch.detector import PatchCoreDetector
+
+    return PatchCoreDetector.load(folder, description)
+
+
+def search_space() -> dict:
+    """The bank's settings: coreset size, feature layers, patch size, reweighting, image size."""
+    return {
+        "coreset_ratio": {"type": "float", "low": 0.01, "high": 0.25, "log": True},
+        "feature_layers": {"type": "categorical", "choices": list(SEARCHED_FEATURE_LAYERS)},
+        "patch_size": {"type": "int", "low": 1, "high": 5, "step": 2},
+        "patch_neighbors": {"type": "int", "low": 1, "high": 9},
+        "image_size": {"type": "categorical", "choices": [64, 96, 128, 160, 224]},
+    }
+
+
+def default_search_space(config: PatchConfig, data_root) -> dict:
+    return search_space()
+
+
+METHOD = Method(
+    name="patch",
+    tag="patch",
+    label=LABEL,
+    summary=(
+        "PatchCore-style patch method: memory bank of local features, anomaly maps, log everything."
+    ),
+    config_class=PatchConfig,
+    makes_maps=True,
+    prepare=prepare,
+    load_detector=load_detector,
+    default_search_space=default_search_space,
+)
+
+__all__ = ["METHOD", "PatchConfig"]

@@ -1,0 +1,181 @@
+"""Where the patch method's MobileNetV2 comes from: ImageNet, a weights file, a metric run, itself, or nothing.
+
+`resolve_backbone` runs before any data is loaded or run opened: every
+``backbone`` value is checked there (a missing file, an offline machine
+without ImageNet weights, a run that is not an L2-softmax run or has another
+image size), each a one-line error. It returns a `BackboneSource` whose
+``build()`` makes the backbone (for ``self``, by training it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from defectlab.config import ConfigError
+from defectlab.methods.patch.config import BACKBONE_CHOICES, PatchConfig
+
+logger = logging.getLogger(__name__)
+
+METRIC_METHOD_TAG = "l2_softmax"
+MOBILENET_PREFIX = "mobilenetv2"
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    """A resolved ``backbone`` setting.
+
+    ``tag`` is what the run records (tag ``backbone``): ``imagenet``, ``none``,
+    ``self``, the weights file's name or ``run:<run_id>``. ``build(callbacks)``
+    returns a MobileNetV2 ``keras.Model`` that takes images scaled to [-1, 1];
+    only ``self`` trains (and uses the Keras ``callbacks``, e.g. per-epoch logging).
+    ``trains`` says whether it does.
+    """
+
+    tag: str
+    build: Callable
+    trains: bool = False
+
+
+def mobilenet_v2(config: PatchConfig, weights_path: str | None):
+    import keras
+
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(config.image_size, config.image_size, 3), alpha=config.backbone_alpha,
+        include_top=False, weights=None,
+    )
+    if weights_path is not None:
+        backbone.load_weights(weights_path)
+    return backbone
+
+
+def backbone_of_classifier(classifier):
+    """The MobileNetV2 inside an L2-softmax classifier (`defectlab.methods.metric.network`)."""
+    import keras
+
+    for layer in classifier.layers:
+        if isinstance(layer, keras.Model) and layer.name.startswith(MOBILENET_PREFIX):
+            return layer
+    raise ConfigError(f"the network {classifier.name!r} holds no MobileNetV2 backbone")
+
+
+def _run_of_backbone_uri(backbone: str) -> str:
+    """The run id behind ``run:<run_id>`` or ``models:/<name>@<alias>`` / ``models:/<name>/<version>``."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if backbone.startswith("run:"):
+        return backbone[len("run:"):]
+    reference = backbone[len("models:/"):]
+    client = MlflowClient()
+    try:
+        if "@" in reference:
+            name, alias = reference.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = reference.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+    except (MlflowException, ValueError) as error:
+        raise ConfigError(f"backbone {backbone}: no such registered model version ({error})") from None
+    return version.run_id
+
+
+def run_backbone(config: PatchConfig) -> BackboneSource:
+    """The network of a finished L2-softmax run (checked: method, image size, single model)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    run_id = _run_of_backbone_uri(config.backbone)
+    try:
+        run = mlflow.get_run(run_id)
+    except MlflowException as error:
+        raise ConfigError(f"backbone {config.backbone}: run {run_id} cannot be read ({error.message})") from None
+    tags, params = run.data.tags, run.data.params
+    if tags.get("method") != METRIC_METHOD_TAG or "evaluated_model" in tags:
+        raise ConfigError(
+            f"backbone {config.backbone}: run {run_id} is not an L2-softmax training run "
+            f"(its method tag is {tags.get('method')!r}); give a run of `defectlab metric`"
+        )
+    run_size = int(float(params.get("image_size", tags.get("image_size", 0)) or 0))
+    if run_size != config.image_size:
+        raise ConfigError(
+            f"backbone {config.backbone}: run {run_id} trained at image_size {run_size}, "
+            f"this run is at {config.image_size}; pass --image-size {run_size}"
+        )
+    if int(float(tags.get("ensemble_size", 1))) != 1:
+        raise ConfigError(
+            f"backbone {config.backbone}: run {run_id} is an ensemble of {tags['ensemble_size']}; "
+            "give a single-model run (ensemble=1)"
+        )
+    if float(params.get("backbone_alpha", config.backbone_alpha)) != config.backbone_alpha:
+        raise ConfigError(
+            f"backbone {config.backbone}: run {run_id} has backbone_alpha {params['backbone_alpha']}, "
+            f"this run {config.backbone_alpha}; pass --backbone-alpha {params['backbone_alpha']}"
+        )
+
+    def build(callbacks):
+        classifier = mlflow.keras.load_model(f"runs:/{run_id}/model")
+        return backbone_of_classifier(classifier)
+
+    return BackboneSource(tag=f"run:{run_id}", build=build)
+
+
+def self_trained_backbone(config: PatchConfig, dataset) -> BackboneSource:
+    """``self``: the L2-softmax network trained in the run on target vs. its synthesised defects.
+
+    The target's good train images (class 0), the reference images of the
+    dataset's other categories (one class each, as in metric learning) and
+    ``self_pseudo_defects`` synthesised defects of the target per epoch (one
+    more class): the network must learn what local damage looks like on this
+    texture or object, which is what the patch features then measure.
+    """
+    from defectlab.methods.metric import MetricConfig
+    from defectlab.methods.metric import training as metric_training
+
+    references = metric_training.load_reference_set(
+        dataset.root, config.category, config.image_size, seed=config.seed,
+        pseudo_defects=config.self_pseudo_defects,
+    )
+    training_config = MetricConfig(
+        category=config.category, data_dir=config.data_dir, image_size=config.image_size,
+        seed=config.seed, epochs=config.self_epochs, batch_size=config.batch_size,
+        optimizer="sgd", learning_rate=config.self_learning_rate,
+        backbone_alpha=config.backbone_alpha, weights="none",
+        pseudo_defects=config.self_pseudo_defects,
+    )
+
+    def build(callbacks):
+        classifier, _ = metric_training.train_l2_softmax(
+            dataset.images_of("train"), references, training_config, None, seed=config.seed,
+            callbacks=callbacks,
+        )
+        return backbone_of_classifier(classifier)
+
+    return BackboneSource(tag="self", build=build, trains=True)
+
+
+def resolve_backbone(config: PatchConfig, dataset) -> BackboneSource:
+    """Check ``config.backbone`` and say how to build it (see the module docstring)."""
+    from pathlib import Path
+
+    from defectlab.methods.backbones import resolve_backbone_weights
+
+    backbone = config.backbone
+    if backbone == "self":
+        return self_trained_backbone(config, dataset)
+    if backbone.startswith("run:") or backbone.startswith("models:/"):
+        return run_backbone(config)
+    if backbone == "none":
+        logger.warning(
+            "backbone=none: random MobileNetV2 features are a weak baseline; "
+            "backbone=self trains one offline in the run"
+        )
+        return BackboneSource(tag="none", build=lambda callbacks: mobilenet_v2(config, None))
+    if backbone == "imagenet" or Path(backbone).expanduser().exists() or "/" in backbone or backbone.endswith(".h5"):
+        weights_path, weights_tag = resolve_backbone_weights(
+            backbone, config.backbone_alpha, config.image_size,
+            offline_alternative="use -P backbone=self (trained in the run, no download) or backbone=none",
+        )
+        return BackboneSource(tag=weights_tag, build=lambda callbacks: mobilenet_v2(config, weights_path))
+    raise ConfigError(f"backbone must be one of {BACKBONE_CHOICES}, got {backbone!r}")
