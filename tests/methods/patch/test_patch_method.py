@@ -1,0 +1,79 @@
+"""The patch method's checks before any work, and its detector on a planted defect."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+
+from defectlab.config import ConfigError
+from defectlab.methods.patch import PatchConfig
+from defectlab.runner import run_training
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.5, -0.1])
+def test_coreset_ratio_outside_zero_one_is_refused(ratio):
+    with pytest.raises(ConfigError, match=r"coreset_ratio must be in \(0, 1\]"):
+        PatchConfig(coreset_ratio=ratio)
+
+
+def test_unknown_feature_layer_lists_the_valid_ones(tiny_dataset_root, tracking_uri):
+    with pytest.raises(ConfigError, match="unknown feature layer.*block_nine.*block_2_add"):
+        run_training(PatchConfig(
+            data_dir=str(tiny_dataset_root), image_size=64, backbone="none", feature_layers="block_2_add,block_nine",
+        ))
+    assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+def test_a_bank_too_large_for_memory_is_refused_before_extraction(tiny_dataset_root, tracking_uri):
+    with pytest.raises(ConfigError, match=r"GiB.*lower image_size"):
+        run_training(PatchConfig(
+            data_dir=str(tiny_dataset_root), image_size=64, backbone="none", memory_limit_gib=1e-4,
+        ))
+    assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+def test_a_backbone_run_that_is_not_metric_learning_is_refused(tiny_dataset_root, tracking_uri):
+    with mlflow.start_run() as other:
+        mlflow.set_tags({"method": "ssim_ae", "image_size": "64"})
+        mlflow.log_param("image_size", 64)
+    with pytest.raises(ConfigError, match="not an L2-softmax training run"):
+        run_training(PatchConfig(data_dir=str(tiny_dataset_root), image_size=64, backbone=f"run:{other.info.run_id}"))
+
+
+def test_a_backbone_run_of_another_image_size_is_refused(tiny_dataset_root, tracking_uri):
+    with mlflow.start_run() as other:
+        mlflow.set_tags({"method": "l2_softmax", "ensemble_size": "1"})
+        mlflow.log_params({"image_size": 96, "backbone_alpha": 0.5})
+    with pytest.raises(ConfigError, match="image_size 96.*--image-size 96"):
+        run_training(PatchConfig(data_dir=str(tiny_dataset_root), image_size=64, backbone=f"run:{other.info.run_id}"))
+
+
+def test_unknown_backbone_is_refused(tiny_dataset_root, tracking_uri):
+    with pytest.raises(ConfigError, match="backbone must be one of"):
+        run_training(PatchConfig(data_dir=str(tiny_dataset_root), image_size=64, backbone="resnet"))
+
+
+def test_the_map_of_a_planted_bright_square_peaks_inside_it(tmp_path):
+    import keras
+
+    from defectlab.methods.patch.detector import PatchCoreDetector
+    from defectlab.methods.patch.features import patch_feature_extractor
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    good = rng.integers(90, 140, size=(12, 64, 64, 3)).astype(np.uint8)
+    backbone = keras.applications.MobileNetV2(input_shape=(64, 64, 3), alpha=0.5, include_top=False, weights=None)
+    detector = PatchCoreDetector(patch_feature_extractor(backbone, ("block_2_add", "block_5_add"))).fit(good)
+    test = rng.integers(90, 140, size=(2, 64, 64, 3)).astype(np.uint8)
+    test[1, 24:36, 30:42] = 255
+    scores, maps = detector.score_images_with_maps(test)
+    assert scores[1] > scores[0]
+    row, column = np.unravel_index(np.argmax(maps[1]), maps[1].shape)
+    assert 24 <= row < 36 and 30 <= column < 42
+
+    # The bundle's files give back the same scores and maps.
+    reloaded = PatchCoreDetector.load(tmp_path, detector.save(tmp_path))
+    reloaded_scores, reloaded_maps = reloaded.score_images_with_maps(test)
+    np.testing.assert_allclose(reloaded_scores, scores, rtol=1e-5)
+    np.testing.assert_allclose(reloaded_maps, maps, rtol=1e-5, atol=1e-7)
