@@ -151,7 +151,14 @@ def test_served_scores_equal_the_training_runs_scores(champion_store, detector_s
     assert status == 200, text
     predictions = json.loads(text)["predictions"]
     served_scores = [prediction["score"] for prediction in predictions]
-    assert served_scores == pytest.approx(chosen["score"].tolist(), rel=1e-5, abs=1e-6)
+    # Both sides decode with the bundle's one ImageDecoder, so the pixels are identical; what
+    # differs is the batch: the run embedded 64 images per forward pass, the server these 6. CPU
+    # kernels (oneDNN) pick their blocking by batch shape, so the float32 embeddings differ in the
+    # last bits (unit roundoff 6e-8, summed over ~50 layers of dot products of up to ~1000 terms:
+    # ~1e-5 relative); LOF's reachability distances between near neighbours cancel most leading
+    # digits and magnify that about tenfold. 2e-4 relative is that bound, not one machine's luck
+    # (4.9e-5 was seen on another 2-core machine).
+    assert served_scores == pytest.approx(chosen["score"].tolist(), rel=2e-4, abs=1e-6)
     assert [prediction["is_anomaly"] for prediction in predictions] == [
         score > champion_store.threshold for score in served_scores
     ]
