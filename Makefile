@@ -15,7 +15,7 @@ DEMO_BATCH_SIZE ?= 32
 IMAGENET_WEIGHTS_FILE := $(HOME)/.keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_$(DEMO_IMAGE_SIZE)_no_top.h5
 DEMO_WEIGHTS ?= $(if $(wildcard $(IMAGENET_WEIGHTS_FILE)),imagenet,none)
 
-.PHONY: demo test install install-test benchmarks clean
+.PHONY: demo test test-fast install install-test benchmarks mlproject clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,14 @@ demo: install
 
 test: install-test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The seconds-long tier for your own loop: no training, no servers.
+test-fast: install-test
+	$(BIN)/python -m pytest -q -m "not integration and not training" $(PYTEST_ARGS)
+
+# MLproject is generated from the CLI (tests/test_mlproject.py checks it is current).
+mlproject: install
+	$(BIN)/python -m defectlab.mlproject_file > MLproject
 
 benchmarks: install-test
 	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done

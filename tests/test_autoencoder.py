@@ -221,6 +221,7 @@ def test_scorer_scores_and_maps_and_round_trips_through_a_bundle(tmp_path):
     np.testing.assert_allclose(reloaded.score_images(images), scores, rtol=1e-6)
 
 
+@pytest.mark.training
 def test_training_lowers_the_ssim_loss():
     rng = np.random.default_rng(6)
     smooth = np.cumsum(rng.normal(size=(8, IMAGE_SIZE, IMAGE_SIZE, 1)), axis=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from defectlab.cli import main
@@ -9,6 +10,7 @@ from defectlab.baseline import run_pixel_baseline
 from defectlab.data.synthetic import CATEGORY_DEFECT_TYPES
 
 
+@pytest.mark.training
 def test_pixel_baseline_auroc_is_between_055_and_095_on_every_default_category():
     # The default set (256 px, seed 0), generated into the test's cache folder.
     results = run_pixel_baseline("synthetic")

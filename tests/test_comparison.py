@@ -275,6 +275,7 @@ def test_run_repeated_failing_child_fails_the_parent(tracking_uri, tiny_dataset_
     assert sorted(runs.loc[runs["tags.mlflow.parentRunId"] == parent.index[0], "status"]) == ["FAILED", "FINISHED"]
 
 
+@pytest.mark.training
 def test_repeats_two_on_a_real_metric_run_gives_one_parent_and_two_seeded_children(
     tracking_uri, tiny_dataset_root, tmp_path
 ):

@@ -94,6 +94,7 @@ def test_offline_imagenet_weights_fail_before_training(tiny_dataset_root, tmp_pa
     assert mlflow.search_runs(search_all_experiments=True).empty
 
 
+@pytest.mark.training
 def test_non_finite_loss_fails_the_run_and_registers_nothing(tiny_dataset_root, tracking_uri):
     config = tiny_config(
         tiny_dataset_root, epochs=1, learning_rate=1e38, optimizer="sgd", register_as="never-registered"
@@ -106,6 +107,7 @@ def test_non_finite_loss_fails_the_run_and_registers_nothing(tiny_dataset_root, 
     assert mlflow.MlflowClient().search_registered_models() == []
 
 
+@pytest.mark.training
 def test_ensemble_score_is_mean_of_member_z_scores(tiny_dataset_root, tracking_uri, tmp_path):
     result = run_training(tiny_config(tiny_dataset_root, ensemble=2, epochs=1, reference_size=40))
     run = mlflow.get_run(result.run_id)
