@@ -1,6 +1,6 @@
 """MVTec AD data layer: layout reader, cached image loading, seeded splits.
 
-Layout (see ``shared/CONTRACT.md``)::
+Layout (see ``docs/reference.md``)::
 
     ROOT/CATEGORY/train/good/*.png
     ROOT/CATEGORY/test/good/*.png

@@ -211,6 +211,7 @@ def train_l2_softmax(
         dataset,
         epochs=config.epochs,
         steps_per_epoch=steps_per_epoch,
+        shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn that it ignores this
         callbacks=[RaiseOnNonFiniteLoss(), *(callbacks or [])],
         verbose=progress_verbosity() if verbose is None else verbose,
     )

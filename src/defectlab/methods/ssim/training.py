@@ -228,6 +228,7 @@ def train_ssim_autoencoder(
     history = autoencoder.fit(
         augmented_dataset(good_images, config.category, config.augment_to, config.batch_size, seed),
         epochs=config.epochs,
+        shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn that it ignores this
         callbacks=[RaiseOnNonFiniteLoss(), *(callbacks or [])],
         verbose=verbose,
     )
