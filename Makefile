@@ -14,6 +14,10 @@ DEMO_BATCH_SIZE ?= 32
 # ImageNet weights cannot be downloaded offline: use them when Keras's cache has them.
 IMAGENET_WEIGHTS_FILE := $(HOME)/.keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_$(DEMO_IMAGE_SIZE)_no_top.h5
 DEMO_WEIGHTS ?= $(if $(wildcard $(IMAGENET_WEIGHTS_FILE)),imagenet,none)
+# The patch method without any download: its backbone trained in the run on synthesised defects.
+DEMO_PATCH_BACKBONE ?= self
+DEMO_PATCH_IMAGE_SIZE ?= 64
+DEMO_SELF_EPOCHS ?= 5
 
 .PHONY: demo test test-fast install install-test benchmarks mlproject clean
 
@@ -33,12 +37,16 @@ install-test: $(VENV)/.installed-test
 
 demo: install
 	@echo "== generating (or reusing) the built-in synthetic dataset"
-	$(BIN)/python -c "from defectlab.synthetic import ensure_synthetic_dataset; print(ensure_synthetic_dataset())"
-	@echo "== training L2-softmax metric learning on $(DEMO_CATEGORY) (weights=$(DEMO_WEIGHTS), CPU-sized)"
+	$(BIN)/python -c "from defectlab.data.synthetic import ensure_synthetic_dataset; print(ensure_synthetic_dataset())"
+	@echo "== the patch method on $(DEMO_CATEGORY), offline-competent (backbone=$(DEMO_PATCH_BACKBONE), $(DEMO_PATCH_IMAGE_SIZE) px): scores and anomaly maps"
+	$(BIN)/mlflow run . -e patch --env-manager local \
+		-P category=$(DEMO_CATEGORY) -P image_size=$(DEMO_PATCH_IMAGE_SIZE) -P backbone=$(DEMO_PATCH_BACKBONE) \
+		-P self_epochs=$(DEMO_SELF_EPOCHS)
+	@echo "== the article's L2-softmax metric learning on $(DEMO_CATEGORY) (weights=$(DEMO_WEIGHTS), CPU-sized)"
 	$(BIN)/mlflow run . -e metric --env-manager local \
 		-P category=$(DEMO_CATEGORY) -P image_size=$(DEMO_IMAGE_SIZE) -P epochs=$(DEMO_EPOCHS) \
 		-P batch_size=$(DEMO_BATCH_SIZE) -P weights=$(DEMO_WEIGHTS)
-	@echo "== done: browse the run with  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@echo "== done: each run printed its test_image_auroc above; browse them with  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: install-test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -97,6 +97,7 @@ def main() -> None:
 
     from defectlab.runner import run_training
 
+    out = Path(arguments.out).resolve() if arguments.out else None
     root = data.resolve_data_root(arguments.data_dir)
     categories = [c for c in arguments.categories.split(",") if c] or data.list_categories(root)
     rows = []
@@ -111,12 +112,12 @@ def main() -> None:
                 result = run_training(make_config(category, str(root)))
                 rows.append({"category": category, "method": label,
                              **{key: result.metrics.get(key, np.nan) for key in COLUMNS}})
+                if out:  # written after every run: a stopped benchmark keeps what it measured
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    pd.DataFrame(rows).rename(columns=COLUMNS).to_csv(out, index=False)
                 print(f"{category:10s} {label:55s} image AUROC {result.metrics['test_image_auroc']:.3f}",
                       file=sys.stderr, flush=True)
     table = pd.DataFrame(rows).rename(columns=COLUMNS)
-    if arguments.out:
-        Path(arguments.out).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(arguments.out, index=False)
     print(f"dataset {root} ({data.dataset_name(root)}), test split, seed 0\n")
     print(markdown_table(table))
 
