@@ -303,3 +303,23 @@ def test_repeats_two_on_a_real_metric_run_gives_one_parent_and_two_seeded_childr
         (compare_result.table["category"] == "carpet") & (compare_result.table["method"] == "L2-softmax")
     ].iloc[0]
     assert row["n"] == 2 and set(row["run_ids"].split()) == set(children["run_id"])
+
+
+def test_pixel_auroc_is_reported_beside_image_auroc_for_map_making_methods_only(tracking_uri, tmp_path):
+    mlflow.set_experiment(EXPERIMENT)
+    for seed, pixel_auroc in ((0, 0.90), (1, 0.96)):
+        run_id = log_training_run("carpet", "patch", seed, 1.8, 0.95)
+        mlflow.MlflowClient().log_metric(run_id, "test_pixel_auroc", pixel_auroc)
+    log_training_run("carpet", "l2_softmax", 0, 1.5, 0.8)
+
+    result = comparison.compare_experiment(EXPERIMENT, str(tmp_path / "out"))
+
+    table = read_table(tmp_path / "out")
+    patch_row = table_row(table, "carpet", "Patch (PatchCore)")
+    assert float(patch_row["test_pixel_auroc_mean"]) == pytest.approx(0.93)
+    assert patch_row["n"] == "2"
+    # The metric run counts (it has the required metrics) but has no pixel AUROC to report.
+    metric_row = table_row(table, "carpet", "L2-softmax")
+    assert metric_row["n"] == "1" and metric_row["test_pixel_auroc_mean"] == "missing"
+    assert any(str(path).endswith("carpet-test_pixel_auroc.png") for path in result.figure_paths)
+    assert "n/a" in (tmp_path / "out" / "comparison.html").read_text()

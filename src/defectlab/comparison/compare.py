@@ -50,12 +50,19 @@ from defectlab.methods import all_methods, method_by_tag
 ARTICLE_CATEGORIES = ("carpet", "leather", "cable", "capsule")
 COMPARE_METHOD_TAG = "compare"
 MISSING = "missing"
+# A metric the method does not make (pixel AUROC of a method without maps).
+NOT_APPLICABLE = "n/a"
 
 # Metric key -> (axis label, fixed axis range: the metric's possible values).
 COMPARED_METRICS = {
     "test_tpr_tnr_best": ("TPR + TNR at the best threshold (test split)", (0.0, 2.05)),
     "test_image_auroc": ("image-level AUROC (test split)", (0.0, 1.02)),
 }
+# Reported where runs have them (methods that make anomaly maps), never required of a run.
+MAP_METRICS = {
+    "test_pixel_auroc": ("pixel-level AUROC (test split)", (0.0, 1.02)),
+}
+REPORTED_METRICS = {**COMPARED_METRICS, **MAP_METRICS}
 
 
 TABLE_FILE = "comparison.csv"
@@ -179,7 +186,7 @@ def training_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     notes : list of str
         Why runs that look like training runs were not used.
     """
-    columns = ["run_id", "dataset", "image_size", "category", "method", "seed", *COMPARED_METRICS]
+    columns = ["run_id", "dataset", "image_size", "category", "method", "seed", *REPORTED_METRICS]
     if runs.empty:
         return pd.DataFrame(columns=columns), []
     parent_run_ids = set(_column(runs, "tags.mlflow.parentRunId").dropna())
@@ -243,6 +250,8 @@ def training_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         ],
         "seed": pd.to_numeric(_column(candidates, "params.seed"), errors="coerce"),
         **{metric: pd.to_numeric(values[complete]) for metric, values in metric_columns.items()},
+        **{metric: pd.to_numeric(_column(candidates, f"metrics.{metric}"), errors="coerce")
+           for metric in MAP_METRICS},
     }, columns=columns)
     return training.reset_index(drop=True), notes
 
@@ -291,8 +300,8 @@ def summary_table(training: pd.DataFrame) -> pd.DataFrame:
                     "method": method,
                     "n": len(runs),
                 }
-                for metric in COMPARED_METRICS:
-                    values = runs[metric].to_numpy(dtype=np.float64)
+                for metric in REPORTED_METRICS:
+                    values = runs[metric].dropna().to_numpy(dtype=np.float64)
                     row[f"{metric}_mean"] = float(np.mean(values)) if len(values) else np.nan
                     row[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
                 row["seeds"] = " ".join(str(int(seed)) for seed in runs["seed"].dropna()) or np.nan
@@ -302,9 +311,12 @@ def summary_table(training: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_mean_std(mean: float, std: float, count: int) -> str:
-    """``0.912 ± 0.013``; ``0.912 (one run)``; ``missing`` when there are no runs."""
+    """``0.912 ± 0.013``; ``0.912 (one run)``; ``missing`` when there are no runs; ``n/a`` when
+    the runs have no such metric (pixel AUROC of a method without maps)."""
     if count == 0:
         return MISSING
+    if np.isnan(mean):
+        return NOT_APPLICABLE
     if count == 1:
         return f"{mean:.3f} (one run)"
     return f"{mean:.3f} ± {std:.3f}"
@@ -319,9 +331,11 @@ def comparison_figures(training: pd.DataFrame, published: dict):
         methods = compared_methods(group_runs)
         for category in compared_categories(training):
             category_runs = group_runs[group_runs["category"] == category]
-            for metric, (value_label, value_range) in COMPARED_METRICS.items():
+            for metric, (value_label, value_range) in REPORTED_METRICS.items():
+                if metric in MAP_METRICS and category_runs[metric].isna().all():
+                    continue  # no map-making method ran here: no pixel-level figure to draw
                 values_by_method = {
-                    method: category_runs.loc[category_runs["method"] == method, metric].tolist()
+                    method: category_runs.loc[category_runs["method"] == method, metric].dropna().tolist()
                     for method in methods
                 }
                 notes = []
@@ -346,7 +360,7 @@ def comparison_figures(training: pd.DataFrame, published: dict):
 def _html_page(experiment_name: str, table: pd.DataFrame, published_rows: pd.DataFrame,
                notes: list[str], figure_paths: list[str]) -> str:
     shown = table[["group", "category", "method", "n"]].copy()
-    for metric in COMPARED_METRICS:
+    for metric in REPORTED_METRICS:
         shown[metric + " (mean ± std)"] = [
             format_mean_std(mean, std, count)
             for mean, std, count in zip(table[f"{metric}_mean"], table[f"{metric}_std"], table["n"])
