@@ -77,3 +77,12 @@ def test_the_map_of_a_planted_bright_square_peaks_inside_it(tmp_path):
     reloaded_scores, reloaded_maps = reloaded.score_images_with_maps(test)
     np.testing.assert_allclose(reloaded_scores, scores, rtol=1e-5)
     np.testing.assert_allclose(reloaded_maps, maps, rtol=1e-5, atol=1e-7)
+
+
+def test_a_random_backbone_is_seeded_so_runs_repeat():
+    from defectlab.methods.patch.backbone import mobilenet_v2
+
+    config = PatchConfig(image_size=64, backbone="none", seed=3)
+    first, second = mobilenet_v2(config, None), mobilenet_v2(config, None)
+    for first_weights, second_weights in zip(first.get_weights(), second.get_weights()):
+        np.testing.assert_array_equal(first_weights, second_weights)

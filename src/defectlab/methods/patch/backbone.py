@@ -39,8 +39,10 @@ class BackboneSource:
 
 
 def mobilenet_v2(config: PatchConfig, weights_path: str | None):
+    """MobileNetV2 without top; its random initialisation seeded, so ``backbone=none`` repeats."""
     import keras
 
+    keras.utils.set_random_seed(config.seed)
     backbone = keras.applications.MobileNetV2(
         input_shape=(config.image_size, config.image_size, 3), alpha=config.backbone_alpha,
         include_top=False, weights=None,
