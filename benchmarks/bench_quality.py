@@ -114,10 +114,11 @@ def main() -> None:
                              **{key: result.metrics.get(key, np.nan) for key in COLUMNS}})
                 if out:  # written after every run: a stopped benchmark keeps what it measured
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    pd.DataFrame(rows).rename(columns=COLUMNS).to_csv(out, index=False)
+                    pd.DataFrame(rows).reindex(columns=["category", "method", *COLUMNS]).rename(
+                        columns=COLUMNS).to_csv(out, index=False)
                 print(f"{category:10s} {label:55s} image AUROC {result.metrics['test_image_auroc']:.3f}",
                       file=sys.stderr, flush=True)
-    table = pd.DataFrame(rows).rename(columns=COLUMNS)
+    table = pd.DataFrame(rows).reindex(columns=["category", "method", *COLUMNS]).rename(columns=COLUMNS)
     print(f"dataset {root} ({data.dataset_name(root)}), test split, seed 0\n")
     print(markdown_table(table))
 

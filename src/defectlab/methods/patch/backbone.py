@@ -170,8 +170,9 @@ def resolve_backbone(config: PatchConfig, dataset) -> BackboneSource:
         return run_backbone(config)
     if backbone == "none":
         logger.warning(
-            "backbone=none: random MobileNetV2 features are a weak baseline; "
-            "backbone=self trains one offline in the run"
+            "backbone=none: random (seeded) MobileNetV2 weights, no download; they localise the "
+            "built-in dataset's defects well, but check them on your data against backbone=self "
+            "(trained in the run) or imagenet"
         )
         return BackboneSource(tag="none", build=lambda callbacks: mobilenet_v2(config, None))
     if backbone == "imagenet" or Path(backbone).expanduser().exists() or "/" in backbone or backbone.endswith(".h5"):

@@ -15,8 +15,8 @@ class PatchConfig(RunConfig):
     """PatchCore (Roth et al., CVPR 2022) on a MobileNetV2 backbone.
 
     ``backbone`` says where the backbone's weights come from: ``imagenet``
-    (Keras's ImageNet weights), ``none`` (random initialisation: a weak
-    baseline), ``self`` (an L2-softmax network trained in the run to tell the
+    (Keras's ImageNet weights), ``none`` (seeded random initialisation:
+    no download; measured strong on the built-in dataset, unproven on real photographs), ``self`` (an L2-softmax network trained in the run to tell the
     target's good images from synthesised defects of them and from the
     reference images; no download), ``run:<run_id>`` or ``models:/<name>@<alias>``
     (the network of a finished L2-softmax run), or a path to a weights file.
