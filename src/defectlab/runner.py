@@ -30,6 +30,7 @@ from defectlab.config import EvaluateConfig
 from defectlab.evaluation.pixel import heatmap_figures, pixel_metrics
 from defectlab.methods import method_by_tag, method_of_config
 from defectlab.methods.base import Method
+from defectlab.methods.keras_training import accelerator
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +43,6 @@ class RunResult:
     metrics: dict
     detector_uri: str
     model_version: str | None = None
-
-
-def accelerator() -> str:
-    """``GPU`` when TensorFlow sees one, else ``CPU``."""
-    import tensorflow as tf
-
-    return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
 
 
 def training_tags(method: Method, config, dataset: data.CategoryData, prepared, device: str) -> dict:

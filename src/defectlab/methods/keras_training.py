@@ -35,3 +35,10 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
     if name == "adam":
         return keras.optimizers.Adam(learning_rate=learning_rate)
     raise ValueError(f"unknown optimizer {name!r}; choose sgd or adam")
+
+
+def accelerator() -> str:
+    """``GPU`` when TensorFlow sees one, else ``CPU`` (the run's tag ``device``)."""
+    import tensorflow as tf
+
+    return "GPU" if tf.config.list_physical_devices("GPU") else "CPU"

@@ -35,7 +35,7 @@ def prepare(config: MetricConfig, dataset) -> PreparedRun:
     from defectlab import tracking
     from defectlab.methods.backbones import resolve_backbone_weights
     from defectlab.methods.metric import training
-    from defectlab.runner import accelerator
+    from defectlab.methods.keras_training import accelerator
 
     references = training.load_reference_set(
         dataset.root, config.category, config.image_size,
