@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from defectlab.data.decoder import BAD_IMAGE_POLICIES, RESIZE_MODES
 from defectlab.errors import DefectlabError
 
 OPTIMIZERS = ("sgd", "adam")
@@ -30,7 +31,13 @@ class ConfigError(DefectlabError, ValueError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Settings of every tracked training run, whatever the method."""
+    """Settings of every tracked training run, whatever the method.
+
+    ``resize`` (how non-square images become square, recorded in the detector
+    so serving does the same) and ``on_bad_image`` (``error`` or ``skip``
+    unreadable files) apply to every image the run reads;
+    ``log_system_metrics`` samples CPU, memory (and GPU) into the run.
+    """
 
     category: str = "carpet"
     data_dir: str = "synthetic"
@@ -38,6 +45,9 @@ class RunConfig:
     seed: int = 0
     register_as: str = ""
     repeats: int = 1
+    resize: str = "stretch"
+    on_bad_image: str = "error"
+    log_system_metrics: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -52,6 +62,15 @@ class RunConfig:
             )
         if self.repeats < 1:
             raise ConfigError(f"repeats must be at least 1, got {self.repeats}")
+        check_image_policies(self.resize, self.on_bad_image)
+
+
+def check_image_policies(resize: str, on_bad_image: str) -> None:
+    """Raise `ConfigError` for a ``resize`` or ``on_bad_image`` value that is not one of the choices."""
+    if resize not in RESIZE_MODES:
+        raise ConfigError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise ConfigError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
 
 
 @dataclass(frozen=True)
@@ -94,6 +113,7 @@ class EvaluateConfig:
     image_size: int = 0
     batch_size: int = 64
     seed: int = 0
+    on_bad_image: str = "error"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -113,6 +133,7 @@ class EvaluateConfig:
             )
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        check_image_policies("stretch", self.on_bad_image)
 
 
 def config_defaults(config_class) -> dict:

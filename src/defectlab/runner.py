@@ -72,15 +72,18 @@ def run_training(config, run_name: str | None = None, nested: bool = False,
     tracking.check_tracking_server()
     grayscale = method.grayscale(config)
     dataset = data.load_category(
-        config.data_dir, config.category, config.image_size, grayscale=grayscale, seed=config.seed
+        config.data_dir, config.category, config.image_size, grayscale=grayscale, seed=config.seed,
+        resize=config.resize, on_bad_image=config.on_bad_image,
     )
     scored = evaluation.scored_rows(dataset.table)
     scored_table = dataset.table[scored]
-    masks = data.load_masks(scored_table, config.image_size) if method.makes_maps else None
+    masks = data.load_masks(scored_table, config.image_size, resize=config.resize) if method.makes_maps else None
     prepared = method.prepare(config, dataset)
 
     tags = training_tags(method, config, dataset, prepared, accelerator())
-    with tracking.tracked_run(dataclasses.asdict(config), tags, run_name=run_name, nested=nested) as run:
+    with tracking.tracked_run(dataclasses.asdict(config), tags, run_name=run_name, nested=nested,
+                              log_system_metrics=config.log_system_metrics) as run:
+        tracking.log_dataset_inputs(dataset)
         fitted = prepared.fit(list(epoch_callbacks or []))
         scored_images = dataset.images[scored]
         with tracking.Stopwatch() as score_watch:
@@ -104,7 +107,7 @@ def run_training(config, run_name: str | None = None, nested: bool = False,
         return finish_training_run(
             run, method, scored_table, run_scores.scores, scored_images, extra_metrics,
             detector=fitted.detector, keras_model=fitted.keras_model,
-            decoder=data.ImageDecoder(config.image_size, grayscale),
+            decoder=data.ImageDecoder(config.image_size, grayscale, resize=config.resize),
             register_as=config.register_as, category=config.category, extra_figures=extra_figures,
         )
 
@@ -243,20 +246,23 @@ def run_evaluate(config: EvaluateConfig, run_name: str | None = None) -> RunResu
     decoder = detector.decoder
     dataset = data.load_category(
         config.data_dir, config.category, config.image_size or decoder.image_size,
-        grayscale=decoder.grayscale, seed=config.seed,
+        grayscale=decoder.grayscale, seed=config.seed, resize=decoder.resize,
+        on_bad_image=config.on_bad_image,
     )
     scored = evaluation.scored_rows(dataset.table)
     scored_table = dataset.table[scored]
     if method.makes_maps:
-        masks = data.load_masks(scored_table, decoder.image_size)
+        masks = data.load_masks(scored_table, decoder.image_size, resize=decoder.resize)
         images_at_detector_size = (
             dataset.images[scored] if dataset.images.shape[1] == decoder.image_size
-            else data.load_images(scored_table["path"].tolist(), decoder.image_size, decoder.grayscale)
+            else data.load_images(scored_table["path"].tolist(), decoder.image_size, decoder.grayscale,
+                                  resize=decoder.resize)
         )
 
     with tracking.tracked_run(
         dataclasses.asdict(config), evaluation_tags(config, bundle_config, dataset), run_name=run_name
     ) as run:
+        tracking.log_dataset_inputs(dataset, tracking.EVALUATION_CONTEXTS)
         extra_figures = None
         with tracking.Stopwatch() as score_watch:
             if method.makes_maps:

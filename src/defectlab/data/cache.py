@@ -17,7 +17,8 @@ import numpy as np
 
 from defectlab.data.errors import DatasetError
 
-CACHE_FORMAT_VERSION = 1
+# 2: 16-bit and float images scaled, EXIF orientation applied, `resize` in the key.
+CACHE_FORMAT_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -36,7 +37,7 @@ def file_fingerprint(paths: list[str]) -> list[tuple[str, int, int]]:
     return fingerprint
 
 
-def cache_key(kind: str, paths: list[str], image_size: int, grayscale: bool) -> str:
+def cache_key(kind: str, paths: list[str], image_size: int, grayscale: bool, resize: str = "stretch") -> str:
     payload = json.dumps(
         {
             "version": CACHE_FORMAT_VERSION,
@@ -44,6 +45,7 @@ def cache_key(kind: str, paths: list[str], image_size: int, grayscale: bool) -> 
             "files": file_fingerprint(paths),
             "image_size": image_size,
             "grayscale": grayscale,
+            "resize": resize,
         }
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]

@@ -26,17 +26,18 @@ All four are disjoint and reproducible from the seed.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from defectlab.data.cache import cache_key, cached_array, default_cache_dir
-from defectlab.data.decoder import ImageDecodeError, ImageDecoder
+from defectlab.data.decoder import BAD_IMAGE_POLICIES, ImageDecodeError, ImageDecoder, upright_size
 from defectlab.data.synthetic import ensure_synthetic_dataset
 from defectlab.data.errors import DatasetError
 
@@ -45,6 +46,9 @@ SYNTHETIC_DATA_DIR = "synthetic"
 DEFAULT_VAL_FRACTION = 0.5
 DEFAULT_THRESHOLD_FRACTION = 0.1
 TABLE_COLUMNS = ("path", "label", "defect_type", "split", "mask_path")
+SKIPPED_COLUMNS = ("path", "reason")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,12 +66,18 @@ class CategoryData:
         ``label`` is 0 for good and 1 for defect images.
     images : numpy.ndarray of shape (n, size, size, channels), uint8
         Images aligned with the rows of ``table``.
+    skipped : pandas.DataFrame
+        Columns ``path, reason``: unreadable files left out (``on_bad_image="skip"``).
+    on_bad_image : str
+        The policy it was loaded with (`BAD_IMAGE_POLICIES`).
     """
 
     root: Path
     category: str
     table: pd.DataFrame
     images: np.ndarray
+    skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(SKIPPED_COLUMNS)))
+    on_bad_image: str = "error"
 
     def rows(self, split: str) -> np.ndarray:
         """Boolean mask of the table rows in ``split``."""
@@ -229,25 +239,22 @@ def _decode_image(path: str, decoder: ImageDecoder) -> np.ndarray:
         raise DatasetError(f"cannot read image {path}: {error}") from error
 
 
-def _decode_mask(mask_path: str, image_path: str, image_size: int) -> np.ndarray:
+def _decode_mask(mask_path: str, image_path: str, decoder: ImageDecoder) -> np.ndarray:
     try:
-        with Image.open(image_path) as image:
-            image_shape = image.size
-        with Image.open(mask_path) as mask:
-            mask.load()
-            if mask.size != image_shape:
-                raise DatasetError(
-                    f"mask {mask_path} is {mask.size[0]}x{mask.size[1]} but its image {image_path} "
-                    f"is {image_shape[0]}x{image_shape[1]}"
-                )
-            mask = mask.convert("L")
-            if mask.size != (image_size, image_size):
-                mask = mask.resize((image_size, image_size), Image.Resampling.NEAREST)
-            return np.asarray(mask, dtype=np.uint8) > 127
-    except DatasetError:
-        raise
-    except (OSError, SyntaxError, ValueError) as error:
+        image_size, mask_size = upright_size(image_path), upright_size(mask_path)
+        if mask_size != image_size:
+            raise DatasetError(
+                f"mask {mask_path} is {mask_size[0]}x{mask_size[1]} but its image {image_path} "
+                f"is {image_size[0]}x{image_size[1]}"
+            )
+        return decoder.decode_mask(mask_path)
+    except ImageDecodeError as error:
         raise DatasetError(f"cannot read mask {mask_path}: {error}") from error
+
+
+def _in_parallel(function, items: list) -> list:
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        return list(pool.map(function, items))
 
 
 def load_images(
@@ -255,54 +262,105 @@ def load_images(
     image_size: int,
     grayscale: bool = False,
     cache_dir: Path | None = None,
+    resize: str = "stretch",
 ) -> np.ndarray:
-    """Decode and resize ``paths`` to ``uint8`` arrays, through the on-disk cache.
+    """Decode ``paths`` through the one `ImageDecoder` to ``uint8`` arrays, via the on-disk cache.
 
-    Grayscale, palette and RGBA files are converted to the requested mode.
+    Grayscale, palette, RGBA, 16-bit and float files are converted to the
+    requested mode; ``resize`` says how non-square images become square.
 
     Returns
     -------
     numpy.ndarray of shape (len(paths), image_size, image_size, 1 if grayscale else 3)
     """
     paths = [str(path) for path in paths]
-    decoder = ImageDecoder(image_size, grayscale)
+    decoder = ImageDecoder(image_size, grayscale, resize=resize)
     if not paths:
         return decoder.empty_batch()
 
     def decode_all() -> np.ndarray:
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-            decoded = list(pool.map(lambda path: _decode_image(path, decoder), paths))
-        return np.stack(decoded)
+        return np.stack(_in_parallel(lambda path: _decode_image(path, decoder), paths))
 
-    key = cache_key("images", paths, image_size, grayscale)
+    key = cache_key("images", paths, image_size, grayscale, resize)
     return cached_array(key, cache_dir, decode_all)
 
 
+def unreadable_images(paths: list[str], decoder: ImageDecoder, cache_dir: Path | None = None) -> pd.DataFrame:
+    """The files of ``paths`` that ``decoder`` cannot read: columns ``path, reason``.
+
+    Which files are readable is cached (keyed like the images), so only the
+    unreadable ones are decoded again on the next run, for their reasons.
+    """
+    paths = [str(path) for path in paths]
+
+    def reason_of(path: str) -> str:
+        try:
+            decoder.decode(path)
+            return ""
+        except ImageDecodeError as error:
+            return str(error)
+
+    key = cache_key("readable", paths, decoder.image_size, decoder.grayscale, decoder.resize)
+    readable = cached_array(
+        key, cache_dir, lambda: np.array([not reason for reason in _in_parallel(reason_of, paths)], dtype=bool)
+    )
+    bad_paths = [path for path, ok in zip(paths, readable) if not ok]
+    return pd.DataFrame(
+        {"path": bad_paths, "reason": [reason_of(path) or "unreadable" for path in bad_paths]},
+        columns=list(SKIPPED_COLUMNS),
+    )
+
+
 def load_masks(
-    table: pd.DataFrame, image_size: int, cache_dir: Path | None = None
+    table: pd.DataFrame, image_size: int, cache_dir: Path | None = None, resize: str = "stretch"
 ) -> np.ndarray:
     """Ground-truth masks aligned with ``table``: ``bool`` array ``(n, size, size)``.
 
-    Rows without a mask (good images, or defects whose mask is absent) are all False.
-    A mask whose size differs from its image raises `DatasetError`.
+    Rows without a mask (good images, or defects whose mask is absent) are all
+    False. Masks go through the images' orientation and ``resize`` geometry. A
+    mask whose size differs from its image raises `DatasetError`.
     """
     mask_paths = table["mask_path"].fillna("").astype(str).tolist()
     image_paths = table["path"].astype(str).tolist()
     present = [mask_path for mask_path in mask_paths if mask_path]
+    decoder = ImageDecoder(image_size, grayscale=True, resize=resize)
 
     def decode_all() -> np.ndarray:
         masks = np.zeros((len(mask_paths), image_size, image_size), dtype=bool)
         for index, (mask_path, image_path) in enumerate(zip(mask_paths, image_paths)):
             if mask_path:
-                masks[index] = _decode_mask(mask_path, image_path, image_size)
+                masks[index] = _decode_mask(mask_path, image_path, decoder)
         return masks
 
     if not present:
         return np.zeros((len(mask_paths), image_size, image_size), dtype=bool)
     paired_image_paths = [image for mask, image in zip(mask_paths, image_paths) if mask]
     row_layout = "".join("1" if mask else "0" for mask in mask_paths)  # where the masks sit
-    key = cache_key("masks" + row_layout, present + paired_image_paths, image_size, True)
+    key = cache_key("masks" + row_layout, present + paired_image_paths, image_size, True, resize)
     return cached_array(key, cache_dir, decode_all)
+
+
+def warn_about_non_square_images(paths: list[str], resize: str, where: str) -> None:
+    """One warning per dataset when ``stretch`` distorts non-square images, with the sizes seen."""
+    def size_or_none(path: str):
+        try:
+            return upright_size(path)
+        except ImageDecodeError:
+            return None  # the decoding that follows names the file and says why
+
+    sizes = Counter(size for size in _in_parallel(size_or_none, paths) if size is not None)
+    non_square = {size: count for size, count in sizes.items() if size[0] != size[1]}
+    if not non_square:
+        return
+    seen = ", ".join(f"{width}x{height} ({count})" for (width, height), count in sizes.most_common(5))
+    message = (
+        f"{where}: {sum(non_square.values())} of {len(paths)} images are not square "
+        f"(sizes seen: {seen}{', ...' if len(sizes) > 5 else ''})"
+    )
+    if resize == "stretch":
+        logger.warning("%s; resize=stretch distorts them, resize=center_crop or pad keeps their shape", message)
+    else:
+        logger.info("%s; made square by resize=%s", message, resize)
 
 
 def load_category(
@@ -314,16 +372,38 @@ def load_category(
     val_fraction: float = DEFAULT_VAL_FRACTION,
     threshold_fraction: float = DEFAULT_THRESHOLD_FRACTION,
     cache_dir: Path | None = None,
+    resize: str = "stretch",
+    on_bad_image: str = "error",
 ) -> CategoryData:
-    """Read, split and load one category (images through the cache)."""
+    """Read, split and load one category (images through the cache).
+
+    ``on_bad_image``: ``error`` (an unreadable file stops with its name and
+    reason) or ``skip`` (unreadable files are left out before splitting and
+    listed in `CategoryData.skipped`).
+    """
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise DatasetError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
     root = resolve_data_root(data_dir)
     table = read_category_table(root, category)
+    skipped = pd.DataFrame(columns=list(SKIPPED_COLUMNS))
+    if on_bad_image == "skip":
+        skipped = unreadable_images(table["path"].tolist(), ImageDecoder(image_size, grayscale, resize=resize),
+                                    cache_dir)
+        if len(skipped):
+            logger.warning(
+                "%s/%s: %d unreadable image(s) skipped (on_bad_image=skip), e.g. %s: %s",
+                root.name, category, len(skipped), skipped["path"].iloc[0], skipped["reason"].iloc[0],
+            )
+            table = table[~table["path"].isin(skipped["path"])].reset_index(drop=True)
+    warn_about_non_square_images(table["path"].tolist(), resize, f"{root.name}/{category}")
     table = split_category_table(
         table, seed=seed, val_fraction=val_fraction, threshold_fraction=threshold_fraction,
         category=category,
     )
-    images = load_images(table["path"].tolist(), image_size, grayscale, cache_dir)
-    return CategoryData(root=root, category=category, table=table, images=images)
+    images = load_images(table["path"].tolist(), image_size, grayscale, cache_dir, resize)
+    return CategoryData(
+        root=root, category=category, table=table, images=images, skipped=skipped, on_bad_image=on_bad_image
+    )
 
 
 def good_train_paths_of_other_categories(root: Path, category: str) -> dict[str, list[str]]:

@@ -22,8 +22,12 @@ def _param_value(value) -> str:
 
 
 @contextlib.contextmanager
-def tracked_run(params: dict, tags: dict, run_name: str | None = None, nested: bool = False):
+def tracked_run(params: dict, tags: dict, run_name: str | None = None, nested: bool = False,
+                log_system_metrics: bool = False):
     """Start (or join, under ``mlflow run``) a run, log ``params`` and ``tags``, and close it.
+
+    ``log_system_metrics`` samples CPU, memory and (where present) GPU use into
+    the run's ``system/*`` metrics while it is open.
 
     Training runs pass ``dataclasses.asdict(config)`` as ``params``. FINISHED on success, FAILED (KILLED
     for Ctrl-C) with the tag ``failure_reason`` on an exception, which propagates.
@@ -31,7 +35,7 @@ def tracked_run(params: dict, tags: dict, run_name: str | None = None, nested: b
     bucket ends the run before any work.
     """
     check_tracking_server()
-    run = mlflow.start_run(run_name=run_name, nested=nested)
+    run = mlflow.start_run(run_name=run_name, nested=nested, log_system_metrics=log_system_metrics)
     try:
         check_artifact_store(run.info.artifact_uri)
         # Under `mlflow run` the entry point's parameters are already logged, empty strings

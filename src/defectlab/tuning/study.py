@@ -491,7 +491,8 @@ class StudyObjective:
         if key not in self.datasets:
             self.datasets[key] = data.load_category(
                 self.base_config.data_dir, self.base_config.category, image_size,
-                grayscale=grayscale, seed=self.base_config.seed,
+                grayscale=grayscale, seed=self.base_config.seed, resize=self.base_config.resize,
+                on_bad_image=self.base_config.on_bad_image,
             )
         return self.datasets[key]
 
@@ -724,7 +725,8 @@ def run_study(tune_config: TuneConfig, base_config, pruner: optuna.pruners.BaseP
     grayscale = method.grayscale(base_config)
     dataset = data.load_category(
         base_config.data_dir, base_config.category, base_config.image_size,
-        grayscale=grayscale, seed=base_config.seed,
+        grayscale=grayscale, seed=base_config.seed, resize=base_config.resize,
+        on_bad_image=base_config.on_bad_image,
     )
     tracking.prepare_tracking_store()
     study = open_study(tune_config, pruner)
@@ -738,6 +740,7 @@ def run_study(tune_config: TuneConfig, base_config, pruner: optuna.pruners.BaseP
     with tracking.tracked_run(
         dataclasses.asdict(tune_config), parent_tags, run_name=f"study-{tune_config.resolved_study_name}"
     ) as parent:
+        tracking.log_dataset_inputs(dataset)
         tracking.log_dict(search_space, "search_space.yaml")
         tracking.log_dict(dataclasses.asdict(base_config), "fixed_settings.json")
         objective = StudyObjective(

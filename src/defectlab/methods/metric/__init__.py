@@ -40,7 +40,7 @@ def prepare(config: MetricConfig, dataset) -> PreparedRun:
     references = training.load_reference_set(
         dataset.root, config.category, config.image_size,
         reference_size=config.reference_size, reference_dir=config.reference_dir, seed=config.seed,
-        pseudo_defects=config.pseudo_defects,
+        pseudo_defects=config.pseudo_defects, resize=config.resize,
     )
     if config.pseudo_defects:
         from defectlab.augment.pseudo_defects import PseudoDefectGenerator

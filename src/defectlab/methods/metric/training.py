@@ -75,8 +75,9 @@ def load_reference_set(
     reference_dir: str = "",
     seed: int = 0,
     pseudo_defects: int = 0,
+    resize: str = "stretch",
 ) -> ReferenceSet:
-    """Load the reference classes.
+    """Load the reference classes (decoded with the target's ``resize``).
 
     Raises `data.DatasetError` when there are none and no ``pseudo_defects``
     class makes the second softmax class either.
@@ -96,7 +97,7 @@ def load_reference_set(
         )
     images, labels = [], []
     for class_index, paths in enumerate(paths_by_class.values(), start=1):
-        images.append(data.load_images(paths, image_size, grayscale=False))
+        images.append(data.load_images(paths, image_size, grayscale=False, resize=resize))
         labels.append(np.full(len(paths), class_index, dtype=np.int32))
     return ReferenceSet(
         class_names=list(paths_by_class), images=np.concatenate(images), labels=np.concatenate(labels)

@@ -137,7 +137,7 @@ def self_trained_backbone(config: PatchConfig, dataset) -> BackboneSource:
 
     references = metric_training.load_reference_set(
         dataset.root, config.category, config.image_size, seed=config.seed,
-        pseudo_defects=config.self_pseudo_defects,
+        pseudo_defects=config.self_pseudo_defects, resize=config.resize,
     )
     training_config = MetricConfig(
         category=config.category, data_dir=config.data_dir, image_size=config.image_size,
