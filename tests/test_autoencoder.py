@@ -236,12 +236,13 @@ def test_training_lowers_the_ssim_loss():
 # Pixel metrics of a run
 
 
-def test_pixel_metrics_leave_out_defects_without_masks_and_skip_without_any():
+def test_pixel_metrics_leave_out_defects_without_masks_and_skip_without_any(caplog):
     import pandas as pd
 
     from defectlab.runner import pixel_metrics
 
     table = pd.DataFrame({
+        "path": ["good.png", "defect.png", "unmasked.png", "other.png"],
         "split": ["test", "test", "test", "val"],
         "label": [0, 1, 1, 1],
         "mask_path": ["", "defect_mask.png", "", "other_mask.png"],
@@ -254,5 +255,10 @@ def test_pixel_metrics_leave_out_defects_without_masks_and_skip_without_any():
     anomaly_maps[2] = 2.0  # a defect of unknown extent: counted, it would look like false alarms
     anomaly_maps[3] = -1.0  # not a test image
     result = pixel_metrics(table, masks, anomaly_maps)
-    assert result == {"test_pixel_auroc": 1.0, "test_aupro": pytest.approx(1.0)}
+    assert result == {
+        "test_pixel_auroc": 1.0, "test_aupro": pytest.approx(1.0),
+        "test_pixel_images": 1, "test_pixel_images_without_mask": 1,
+    }
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1 and "1 of 2 test defect images have no ground-truth mask (e.g. unmasked.png)" in warnings[0]
     assert pixel_metrics(table.assign(mask_path=""), masks, anomaly_maps) == {}

@@ -72,3 +72,80 @@ def test_image_metrics_uses_val_and_test_splits_separately():
     assert result["val_image_auroc"] == 0.0
     assert result["test_auroc_cut"] == 1.0
     assert result["test_tpr_at_val_threshold"] == 1.0 and result["test_tnr_at_val_threshold"] == 1.0
+
+
+# Bootstrap intervals of the headline metrics
+
+
+def two_normal_score_sets(n_good: int, n_defect: int, separation: float, seed: int):
+    """Good ~ N(0, 1), defects ~ N(separation, 1): the true AUROC is Phi(separation / sqrt(2))."""
+    rng = np.random.default_rng(seed)
+    labels = np.concatenate([np.zeros(n_good, int), np.ones(n_defect, int)])
+    scores = np.concatenate([rng.normal(0.0, 1.0, n_good), rng.normal(separation, 1.0, n_defect)])
+    return labels, scores
+
+
+def test_the_bootstrap_interval_covers_the_true_auroc_and_narrows_as_the_set_grows():
+    from scipy.stats import norm
+
+    separation = 1.0
+    true_auroc = norm.cdf(separation / np.sqrt(2))  # 0.760
+    widths = []
+    for n_good, n_defect in ((15, 40), (60, 160), (240, 640)):
+        labels, scores = two_normal_score_sets(n_good, n_defect, separation, seed=3)
+        low, high = metrics.bootstrap_interval(labels, scores)
+        assert low <= metrics.image_auroc(labels, scores) <= high
+        assert low <= true_auroc <= high
+        widths.append(high - low)
+    assert widths[0] > widths[1] > widths[2]
+    assert widths[2] < 0.5 * widths[0]  # about 1 / sqrt(16) of it in theory
+
+
+def test_the_bootstrap_covers_the_truth_in_about_95_of_100_draws():
+    from scipy.stats import norm
+
+    true_auroc = norm.cdf(1.0 / np.sqrt(2))
+    covered = 0
+    for seed in range(100):
+        labels, scores = two_normal_score_sets(30, 30, 1.0, seed)
+        low, high = metrics.bootstrap_interval(labels, scores, resamples=400)
+        covered += low <= true_auroc <= high
+    assert 85 <= covered <= 100
+
+
+def test_the_bootstrap_is_seeded_and_stratified():
+    labels, scores = two_normal_score_sets(5, 7, 0.5, seed=0)
+    assert metrics.bootstrap_interval(labels, scores) == metrics.bootstrap_interval(labels, scores)
+    # A perfectly separated set stays perfect in every stratified resample.
+    assert metrics.bootstrap_interval(labels, scores + 100 * labels) == (1.0, 1.0)
+    assert metrics.bootstrap_interval(labels, scores + 100 * labels, "tpr_tnr_best") == (2.0, 2.0)
+
+
+def test_bootstrap_auroc_of_ties_matches_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.array([0, 0, 1, 1, 1, 0])
+    score_rows = np.array([[0.1, 0.5, 0.5, 0.9, 0.2, 0.5], [1, 1, 1, 1, 1, 1], [3, 2, 1, 0, 5, 4]], float)
+    np.testing.assert_allclose(
+        metrics._auroc_of_rows(labels, score_rows), [roc_auc_score(labels, row) for row in score_rows]
+    )
+
+
+def test_image_metrics_log_the_intervals_beside_the_headlines():
+    labels, scores = two_normal_score_sets(20, 20, 1.0, seed=1)
+    table = pd.DataFrame({
+        "label": np.concatenate([labels, labels]),
+        "defect_type": np.where(np.concatenate([labels, labels]) == 1, "hole", "good"),
+        "split": ["test"] * 40 + ["val"] * 40,
+    })
+    result = metrics.image_metrics(table, np.concatenate([scores, scores[::-1]]), threshold=0.0)
+    for name in metrics.INTERVAL_METRICS:
+        assert result[f"{name}_ci_low"] <= result[name] <= result[f"{name}_ci_high"]
+
+
+@pytest.mark.parametrize("metric, resamples, level", [("aupro", 100, 0.95), ("image_auroc", 1, 0.95),
+                                                       ("image_auroc", 100, 1.0)])
+def test_bad_bootstrap_settings_are_refused(metric, resamples, level):
+    labels, scores = two_normal_score_sets(5, 5, 1.0, seed=0)
+    with pytest.raises(metrics.MetricError):
+        metrics.bootstrap_interval(labels, scores, metric, resamples=resamples, level=level)

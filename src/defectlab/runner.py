@@ -70,6 +70,7 @@ def run_training(config, run_name: str | None = None, nested: bool = False,
     """
     method = method_of_config(config)
     tracking.check_tracking_server()
+    method.check(config)
     grayscale = method.grayscale(config)
     dataset = data.load_category(
         config.data_dir, config.category, config.image_size, grayscale=grayscale, seed=config.seed,
@@ -128,8 +129,9 @@ def finish_training_run(
 ) -> RunResult:
     """The shared tail of every training run: evaluate, log, bundle, register.
 
-    If logging fails after training (the tracking server is gone), the
-    results are saved to a local recovery folder and `tracking.RunNotLoggedError`
+    A collapsed detector (`evaluation.check_scores_vary`) fails the run
+    before anything is logged or registered. If logging fails after training
+    (the tracking server is gone), the results are saved to a local recovery folder and `tracking.RunNotLoggedError`
     names it.
 
     Parameters
@@ -158,6 +160,7 @@ def finish_training_run(
     from defectlab.serving.bundle import write_bundle
     from defectlab.serving.detector import detector_signature_and_example
 
+    evaluation.check_scores_vary(scored_table, scores)
     result = evaluation.evaluate(scored_table, scores)
     result.metrics.update(extra_metrics)
     with tracking.saving_locally_if_logging_fails(

@@ -25,10 +25,13 @@ CONTRACT_METRICS = (
     "test_threshold_best", "test_tpr_at_val_threshold", "test_tnr_at_val_threshold",
     "val_image_auroc", "train_seconds", "train_images_per_second", "score_seconds",
     "train_loss", "train_accuracy",
+    "test_image_auroc_ci_low", "test_image_auroc_ci_high", "val_image_auroc_ci_low",
+    "val_image_auroc_ci_high", "test_tpr_tnr_best_ci_low", "test_tpr_tnr_best_ci_high",
 )
 CONTRACT_ARTIFACTS = (
     "scores.csv", "plots/roc.png", "plots/score_hist.png",
     "ranking/top_defects.png", "ranking/hard_defects.png", "ranking/false_alarms.png",
+    "data/splits.csv",
 )
 # Scores images through the detector in a process that never saw the training run:
 # once from file paths, once from base64 PNG text (what a served request carries).
@@ -48,7 +51,9 @@ print(json.dumps({
 """
 
 
-def test_metric_entry_point_leaves_the_contract_and_a_reloadable_detector(tracking_uri, tiny_dataset_root):
+def test_metric_entry_point_leaves_the_contract_and_a_reloadable_detector(tracking_uri, tiny_dataset_root,
+                                                                          monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     completed = run_entry_point(PROJECT_ROOT, "metric", {
         "data_dir": tiny_dataset_root, "category": "carpet", "image_size": 64, "epochs": 2,
         "batch_size": 16, "weights": "none", "register_as": REGISTERED_NAME,
@@ -68,6 +73,23 @@ def test_metric_entry_point_leaves_the_contract_and_a_reloadable_detector(tracki
     assert [point.step for point in loss_history] == [0, 1]
     for parameter in ("backbone_alpha", "softmax_scale", "reference_size", "lof_neighbors", "optimizer"):
         assert parameter in run.data.params
+
+    for name in ("test_image_auroc", "val_image_auroc", "test_tpr_tnr_best"):
+        assert run.data.metrics[f"{name}_ci_low"] <= run.data.metrics[name] <= run.data.metrics[f"{name}_ci_high"]
+    assert any(key.startswith("system/") for key in run.data.metrics), sorted(run.data.metrics)
+
+    # Lineage: one dataset input per split, each with the category folder as source.
+    inputs = {
+        {tag.key: tag.value for tag in dataset_input.tags}["mlflow.data.context"]: dataset_input.dataset
+        for dataset_input in run.inputs.dataset_inputs
+    }
+    assert set(inputs) == {"train", "threshold", "val", "test"}
+    assert {dataset.name for dataset in inputs.values()} == {f"{Path(tiny_dataset_root).name}/carpet"}
+    assert len({dataset.digest for dataset in inputs.values()}) == 4
+    assert all(str(Path(tiny_dataset_root) / "carpet") in dataset.source for dataset in inputs.values())
+    splits = pd.read_csv(client.download_artifacts(run.info.run_id, "data/splits.csv"))
+    assert {"path", "label", "split", "size_bytes", "mtime_ns"} <= set(splits.columns)
+    assert json.loads(inputs["train"].profile)["num_rows"] == int((splits["split"] == "train").sum())
 
     assert set(CONTRACT_ARTIFACTS) <= run_artifact_paths(run.info.run_id)
     logged_models = logged_models_of_run(run)

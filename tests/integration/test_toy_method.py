@@ -1,12 +1,9 @@
 """A method registered in the test alone trains, logs the contract, evaluates, tunes, compares and serves.
 
-Nothing outside this file knows the toy method: the registry is the only way in.
+Nothing outside the tests knows the toy method (tests/toy_method.py): the registry is the only way in.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -14,9 +11,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from defectlab import methods
-from defectlab.config import ConfigError, RunConfig
-from defectlab.methods.base import FitResult, Method, PreparedRun
+from tests.toy_method import toy_method  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -28,73 +23,6 @@ CONTRACT_ARTIFACTS = (
     "scores.csv", "plots/roc.png", "plots/score_hist.png", "ranking/top_defects.png",
     "ranking/hard_defects.png", "ranking/false_alarms.png", "heatmaps/top_defects.png",
 )
-
-
-@dataclass(frozen=True)
-class PixelMeanConfig(RunConfig):
-    image_size: int = 64
-    power: int = 1
-
-    def validate(self) -> None:
-        super().validate()
-        if self.power < 1:
-            raise ConfigError(f"power must be at least 1, got {self.power}")
-
-
-class PixelMeanDetector:
-    """Map: |image - mean good image| ** power, averaged over channels; score: the map's maximum."""
-
-    def __init__(self, power: int = 1):
-        self.power = power
-
-    def fit(self, good_images):
-        self.mean_ = good_images.astype(np.float64).mean(axis=0)
-        return self
-
-    def score_images_with_maps(self, images):
-        maps = (np.abs(images.astype(np.float64) - self.mean_) ** self.power).mean(axis=-1)
-        return maps.reshape(len(maps), -1).max(axis=1), maps
-
-    def score_images(self, images):
-        return self.score_images_with_maps(images)[0]
-
-    def save(self, folder):
-        np.save(Path(folder) / "mean.npy", self.mean_)
-        return {"mean": "mean.npy", "power": self.power}
-
-    @classmethod
-    def load(cls, folder, description):
-        detector = cls(description["power"])
-        detector.mean_ = np.load(Path(folder) / description["mean"])
-        return detector
-
-
-def prepare(config, dataset):
-    def fit(epoch_callbacks):
-        import keras
-
-        inputs = keras.Input(shape=(config.image_size, config.image_size, 3))
-        return FitResult(
-            detector=PixelMeanDetector(config.power).fit(dataset.images_of("train")),
-            keras_model=keras.Model(inputs, keras.layers.Rescaling(1.0)(inputs)),
-        )
-
-    return PreparedRun(tags={}, fit=fit)
-
-
-TOY = Method(
-    name="pixelmean", tag="pixel_mean", label="Pixel mean", summary="Toy: distance to the mean image.",
-    config_class=PixelMeanConfig, makes_maps=True, prepare=prepare,
-    load_detector=PixelMeanDetector.load,
-    default_search_space=lambda config, root: {"power": {"type": "int", "low": 1, "high": 2}},
-)
-
-
-@pytest.fixture
-def toy_method():
-    methods.register(TOY)
-    yield TOY
-    methods.unregister(TOY.name)
 
 
 def test_a_registered_toy_method_goes_through_every_verb(toy_method, tracking_uri, tiny_dataset_root, tmp_path):

@@ -6,6 +6,11 @@
 - `figures`: ROC, histograms, ranked grids, heatmaps, comparison box plots.
 """
 
-from defectlab.evaluation.evaluate import SCORED_SPLITS, SCORES_COLUMNS, Evaluation, evaluate, scored_rows
+from defectlab.evaluation.evaluate import (
+    SCORED_SPLITS, SCORES_COLUMNS, CollapsedModelError, Evaluation, check_scores_vary, evaluate, scored_rows,
+)
 
-__all__ = ["SCORED_SPLITS", "SCORES_COLUMNS", "Evaluation", "evaluate", "scored_rows"]
+__all__ = [
+    "SCORED_SPLITS", "SCORES_COLUMNS", "CollapsedModelError", "Evaluation", "check_scores_vary",
+    "evaluate", "scored_rows",
+]

@@ -13,10 +13,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from defectlab.errors import DefectlabError
 from defectlab.evaluation import metrics as metrics_module
 
 SCORED_SPLITS = ("threshold", "val", "test")
 SCORES_COLUMNS = ("path", "label", "defect_type", "score", "split")
+# Held-out good scores whose spread is below this fraction of their size are one value:
+# float32 networks differ far more than that between any two real images.
+COLLAPSED_RELATIVE_SPREAD = 1e-6
+
+
+class CollapsedModelError(DefectlabError, RuntimeError):
+    """The detector gives (nearly) every held-out good image the same score: it cannot tell images apart."""
 
 
 @dataclass
@@ -48,6 +56,28 @@ class Evaluation:
 def scored_rows(table: pd.DataFrame) -> np.ndarray:
     """Boolean mask of the rows a method must score (every split but ``train``)."""
     return table["split"].isin(SCORED_SPLITS).to_numpy()
+
+
+def check_scores_vary(table: pd.DataFrame, scores) -> None:
+    """Raise `CollapsedModelError` if the held-out good images all get (nearly) the same score.
+
+    A collapsed network (e.g. ``learning_rate`` far too large: every
+    embedding the same) flags everything or nothing whatever the threshold,
+    and must fail its run rather than be logged, registered and promoted.
+    ``table`` holds the scored rows, aligned with ``scores``.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    good_heldout = (table["label"].to_numpy() == 0) & table["split"].isin(SCORED_SPLITS).to_numpy()
+    good_scores = scores[good_heldout]
+    if good_scores.size < 2 or not np.all(np.isfinite(good_scores)):
+        return
+    spread = float(good_scores.max() - good_scores.min())
+    if spread <= COLLAPSED_RELATIVE_SPREAD * max(float(np.median(np.abs(good_scores))), 1e-12):
+        raise CollapsedModelError(
+            f"the model collapsed: all {good_scores.size} held-out good images score "
+            f"{float(np.median(good_scores)):.6g} (spread {spread:.3g}), so the detector cannot tell "
+            "images apart; it is not logged or registered (check learning_rate, epochs and the loss curve)"
+        )
 
 
 def evaluate(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 from defectlab.errors import DefectlabError
@@ -22,6 +23,13 @@ CONTRACT_IMAGE_METRICS = (
     "tpr_at_val_threshold",
     "tnr_at_val_threshold",
 )
+
+
+# Seeded percentile bootstrap of the image-level headline metrics (`bootstrap_interval`).
+BOOTSTRAP_RESAMPLES = 1000
+CONFIDENCE_LEVEL = 0.95
+BOOTSTRAP_SEED = 0
+INTERVAL_METRICS = ("test_image_auroc", "test_tpr_tnr_best", "val_image_auroc")
 
 
 class MetricError(DefectlabError, ValueError):
@@ -82,6 +90,48 @@ def best_tpr_tnr(labels, scores) -> dict[str, float]:
     }
 
 
+def _auroc_of_rows(labels: np.ndarray, score_rows: np.ndarray) -> np.ndarray:
+    """AUROC of each row of ``score_rows`` against the same ``labels`` (Mann-Whitney, ties halved)."""
+    positives = labels == 1
+    n_positive, n_negative = int(positives.sum()), int((~positives).sum())
+    ranks = rankdata(score_rows, axis=1)
+    return (ranks[:, positives].sum(axis=1) - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative)
+
+
+def bootstrap_interval(labels, scores, metric: str = "image_auroc", resamples: int = BOOTSTRAP_RESAMPLES,
+                       level: float = CONFIDENCE_LEVEL, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Seeded percentile bootstrap interval of ``image_auroc`` or ``tpr_tnr_best``.
+
+    Good and defect images are resampled separately (stratified), so every
+    resample keeps the set's class sizes and both metrics stay defined. With
+    about 15 good and 40 defect images, as in an MVTec AD test half, the
+    95 % interval of an AUROC near 0.8 is about 0.15 wide: differences
+    inside it are not evidence.
+
+    Returns
+    -------
+    (low, high) : tuple of float
+        The ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles.
+    """
+    labels, scores = _check_binary(labels, scores)
+    if metric not in ("image_auroc", "tpr_tnr_best"):
+        raise MetricError(f"no bootstrap interval for {metric!r}: image_auroc or tpr_tnr_best")
+    if resamples < 2 or not 0 < level < 1:
+        raise MetricError(f"need resamples >= 2 and 0 < level < 1, got {resamples} and {level}")
+    rng = np.random.default_rng(seed)
+    good, defect = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    picked = np.concatenate([
+        rng.choice(good, size=(resamples, good.size)), rng.choice(defect, size=(resamples, defect.size))
+    ], axis=1)
+    resampled_labels = np.concatenate([np.zeros(good.size, int), np.ones(defect.size, int)])
+    if metric == "image_auroc":
+        values = _auroc_of_rows(resampled_labels, scores[picked])
+    else:
+        values = np.array([best_tpr_tnr(resampled_labels, row)["tpr_tnr_best"] for row in scores[picked]])
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def threshold_from_good_scores(good_scores) -> float:
     """Decision threshold from defect-free images only: the largest held-out good score.
 
@@ -128,7 +178,9 @@ def image_metrics(
     dict
         ``test_image_auroc``, ``test_tpr_tnr_best`` and its parts,
         ``test_tpr_at_val_threshold``, ``test_tnr_at_val_threshold``,
-        ``test_auroc_<defect_type>``, ``val_image_auroc``.
+        ``test_auroc_<defect_type>``, ``val_image_auroc``, and the seeded
+        bootstrap 95 % interval ``<name>_ci_low``/``<name>_ci_high`` of each of
+        `INTERVAL_METRICS`.
     """
     scores = np.asarray(scores, dtype=np.float64)
     if len(scores) != len(table):
@@ -150,6 +202,11 @@ def image_metrics(
     val = split == "val"
     if np.any(val):
         metrics["val_image_auroc"] = image_auroc(labels[val], scores[val])
+    for name in INTERVAL_METRICS:
+        if name in metrics:
+            rows = test if name.startswith("test_") else val
+            low, high = bootstrap_interval(labels[rows], scores[rows], name.split("_", 1)[1])
+            metrics[f"{name}_ci_low"], metrics[f"{name}_ci_high"] = low, high
     return metrics
 
 

@@ -15,8 +15,11 @@ def pixel_metrics(scored_table, masks: np.ndarray, anomaly_maps: np.ndarray) -> 
     """``test_pixel_auroc`` and ``test_aupro`` over the test images that have ground truth.
 
     Good images count with their all-clear masks; defect images without a
-    mask file are left out (their defect pixels are unknown). Empty when no
-    test defect has a mask.
+    mask file are left out (their defect pixels are unknown, and counting them
+    as good pixels would misread the map), with one warning and the counts
+    ``test_pixel_images`` (defect images in the metrics) and
+    ``test_pixel_images_without_mask`` (left out). Empty when no test defect
+    has a mask.
     """
     test = (scored_table["split"] == "test").to_numpy()
     has_mask = scored_table["mask_path"].fillna("").astype(str).str.len().to_numpy() > 0
@@ -24,10 +27,19 @@ def pixel_metrics(scored_table, masks: np.ndarray, anomaly_maps: np.ndarray) -> 
     if not masks[test & defect & has_mask].any():
         logger.info("no ground-truth defect pixels among the test images: pixel metrics skipped")
         return {}
+    without_mask = test & defect & ~has_mask
+    if without_mask.any():
+        logger.warning(
+            "%d of %d test defect images have no ground-truth mask (e.g. %s): left out of the pixel metrics",
+            int(without_mask.sum()), int((test & defect).sum()),
+            scored_table["path"].to_numpy()[without_mask][0],
+        )
     kept = test & (~defect | has_mask)
     return {
         "test_pixel_auroc": metrics.pixel_auroc(masks[kept], anomaly_maps[kept]),
         "test_aupro": metrics.aupro(masks[kept], anomaly_maps[kept]),
+        "test_pixel_images": int((test & defect & has_mask).sum()),
+        "test_pixel_images_without_mask": int(without_mask.sum()),
     }
 
 

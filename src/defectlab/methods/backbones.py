@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import keras
-
 from defectlab.config import ConfigError
 from defectlab.errors import DefectlabError
 
@@ -19,10 +17,38 @@ MOBILENET_V2_WEIGHTS_URL = (
 )
 MOBILENET_V2_IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 MOBILENET_V2_IMAGENET_SIZES = (96, 128, 160, 192, 224)
+# What Keras's load_weights reads: HDF5 weights (legacy .h5, Keras 3 .weights.h5) or a .keras zip.
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+ZIP_SIGNATURE = b"PK\x03\x04"
+WEIGHTS_FILE_KINDS = {".h5": HDF5_SIGNATURE, ".hdf5": HDF5_SIGNATURE, ".keras": ZIP_SIGNATURE}
 
 
 class WeightsUnavailableError(DefectlabError, RuntimeError):
     """Pretrained weights are neither cached nor downloadable."""
+
+
+class WeightsFileError(ConfigError):
+    """A ``weights`` file that Keras cannot read as weights."""
+
+
+def check_weights_file(path: Path) -> None:
+    """Raise `WeightsFileError` unless ``path`` is an HDF5 weights file or a ``.keras`` archive.
+
+    Checked from the name and the first bytes, before any data is loaded, so a
+    wrong file costs one line instead of a Keras traceback after the dataset.
+    """
+    expected = "a Keras weights file: HDF5 (.h5, .weights.h5, .hdf5) or a .keras archive"
+    suffix = path.suffix.lower()
+    if suffix not in WEIGHTS_FILE_KINDS:
+        raise WeightsFileError(f"weights file {path} is not {expected} (its suffix is {suffix or 'none'!r})")
+    with open(path, "rb") as handle:
+        head = handle.read(len(WEIGHTS_FILE_KINDS[suffix]))
+    if head != WEIGHTS_FILE_KINDS[suffix]:
+        kind = "HDF5" if suffix != ".keras" else "zip (.keras)"
+        raise WeightsFileError(
+            f"weights file {path} is not {expected}: it does not start like a {kind} file "
+            f"(first bytes {head!r})"
+        )
 
 
 def keras_cache_dir() -> Path:
@@ -64,6 +90,8 @@ def resolve_backbone_weights(
         message names the file, where to put it, and ``-P weights=none``.
     FileNotFoundError
         ``weights`` is a path that does not exist.
+    WeightsFileError
+        ``weights`` is a file that is not a weights file (`check_weights_file`).
     """
     if weights == "none":
         return None, "none"
@@ -77,6 +105,8 @@ def resolve_backbone_weights(
         cached = keras_cache_dir() / filename
         if cached.is_file():
             return str(cached), "imagenet"
+        import keras
+
         try:
             downloaded = keras.utils.get_file(
                 filename, MOBILENET_V2_WEIGHTS_URL + filename, cache_subdir="models"
@@ -94,4 +124,5 @@ def resolve_backbone_weights(
         raise FileNotFoundError(
             f"weights file {path} does not exist (weights must be 'imagenet', 'none' or a file path)"
         )
+    check_weights_file(path)
     return str(path), path.name

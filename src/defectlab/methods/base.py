@@ -103,6 +103,9 @@ class Method:
     prepare : callable
         ``prepare(config, dataset) -> PreparedRun``: every check that needs no
         training (weights, reference images, memory), before any run is opened.
+    check : callable
+        ``check(config)``: the checks that need no data either (a weights file,
+        a download), run before the dataset is loaded.
     load_detector : callable
         ``load_detector(folder, description) -> detector`` (the inverse of ``detector.save``).
     default_search_space : callable
@@ -138,6 +141,7 @@ class Method:
     score_run: Callable | None = None
     heatmap_panels: Callable = no_heatmap_panels
     run_label: Callable | None = None
+    check: Callable = lambda config: None
 
     def score(self, detector, images: np.ndarray, evaluate_scores: Callable) -> RunScores:
         """The run's scores of ``images`` (the method's ``score_run``, or the default)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 
 import mlflow
 import mlflow.data
@@ -57,12 +58,16 @@ def log_dataset_inputs(dataset, contexts: tuple[str, ...] = TRAINING_CONTEXTS) -
     source = str(dataset.root / dataset.category)
     for context in contexts:
         split_files = files[files["split"] == context].reset_index(drop=True)
-        mlflow.log_input(
-            mlflow.data.from_pandas(
+        with warnings.catch_warnings():
+            # MLflow registers its local-folder source twice and then warns that a folder
+            # "can be interpreted in multiple ways"; the schema hint is about serving models,
+            # not about a file table: both are noise in every run's output.
+            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways")
+            warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column")
+            split_dataset = mlflow.data.from_pandas(
                 split_files, source=source, name=name, targets="label", digest=files_digest(split_files)
-            ),
-            context=context,
-        )
+            )
+            mlflow.log_input(split_dataset, context=context)
     log_table(files, SPLITS_ARTIFACT)
     if dataset.on_bad_image == "skip":
         log_metrics({"skipped_images": len(dataset.skipped)})

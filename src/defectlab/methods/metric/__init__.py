@@ -30,6 +30,13 @@ def estimated_cpu_training_seconds(config: MetricConfig, training_images: int) -
     return config.ensemble * config.epochs * training_images / images_per_second
 
 
+def check(config: MetricConfig) -> None:
+    """The weights, before any data is loaded: ImageNet cached or downloadable, or a real weights file."""
+    from defectlab.methods.backbones import resolve_backbone_weights
+
+    resolve_backbone_weights(config.weights, config.backbone_alpha, config.image_size)
+
+
 def prepare(config: MetricConfig, dataset) -> PreparedRun:
     """Check the reference set and the weights (before any run exists); return the fit to run."""
     from defectlab import tracking
@@ -203,6 +210,7 @@ METHOD = Method(
     pruning_scorer=pruning_scorer,
     score_run=score_run,
     run_label=run_label,
+    check=check,
 )
 
 __all__ = ["METHOD", "MetricConfig"]

@@ -74,6 +74,13 @@ def check_layers_and_memory(config: PatchConfig, train_images: int) -> dict:
     return estimate
 
 
+def check(config: PatchConfig) -> None:
+    """A backbone weights file or ImageNet download, before any data is loaded (the rest needs the data)."""
+    from defectlab.methods.patch.backbone import check_weights_backbone
+
+    check_weights_backbone(config)
+
+
 def prepare(config: PatchConfig, dataset) -> PreparedRun:
     """Check the backbone, the layers and the bank's memory; return the fit to run."""
     from defectlab import tracking
@@ -153,6 +160,7 @@ METHOD = Method(
     prepare=prepare,
     load_detector=load_detector,
     default_search_space=default_search_space,
+    check=check,
 )
 
 __all__ = ["METHOD", "PatchConfig"]

@@ -157,12 +157,29 @@ def self_trained_backbone(config: PatchConfig, dataset) -> BackboneSource:
     return BackboneSource(tag="self", build=build, trains=True)
 
 
-def resolve_backbone(config: PatchConfig, dataset) -> BackboneSource:
-    """Check ``config.backbone`` and say how to build it (see the module docstring)."""
+def names_weights(backbone: str) -> bool:
+    """Whether a ``backbone`` value means ImageNet or a weights file (not self, none, a run or model)."""
     from pathlib import Path
 
+    return backbone == "imagenet" or Path(backbone).expanduser().exists() or "/" in backbone or backbone.endswith(".h5")
+
+
+def check_weights_backbone(config: PatchConfig) -> tuple[str | None, str] | None:
+    """Resolve ``imagenet`` or a weights file (`resolve_backbone_weights`); None for the other kinds."""
     from defectlab.methods.backbones import resolve_backbone_weights
 
+    if config.backbone in ("self", "none") or config.backbone.startswith(("run:", "models:/")):
+        return None
+    if not names_weights(config.backbone):
+        raise ConfigError(f"backbone must be one of {BACKBONE_CHOICES}, got {config.backbone!r}")
+    return resolve_backbone_weights(
+        config.backbone, config.backbone_alpha, config.image_size,
+        offline_alternative="use -P backbone=self (trained in the run, no download) or backbone=none",
+    )
+
+
+def resolve_backbone(config: PatchConfig, dataset) -> BackboneSource:
+    """Check ``config.backbone`` and say how to build it (see the module docstring)."""
     backbone = config.backbone
     if backbone == "self":
         return self_trained_backbone(config, dataset)
@@ -175,10 +192,5 @@ def resolve_backbone(config: PatchConfig, dataset) -> BackboneSource:
             "(trained in the run) or imagenet"
         )
         return BackboneSource(tag="none", build=lambda callbacks: mobilenet_v2(config, None))
-    if backbone == "imagenet" or Path(backbone).expanduser().exists() or "/" in backbone or backbone.endswith(".h5"):
-        weights_path, weights_tag = resolve_backbone_weights(
-            backbone, config.backbone_alpha, config.image_size,
-            offline_alternative="use -P backbone=self (trained in the run, no download) or backbone=none",
-        )
-        return BackboneSource(tag=weights_tag, build=lambda callbacks: mobilenet_v2(config, weights_path))
-    raise ConfigError(f"backbone must be one of {BACKBONE_CHOICES}, got {backbone!r}")
+    weights_path, weights_tag = check_weights_backbone(config)
+    return BackboneSource(tag=weights_tag, build=lambda callbacks: mobilenet_v2(config, weights_path))
