@@ -32,14 +32,15 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def log_training_run(category, method, seed, tpr_tnr, auroc, ensemble_size=1, image_size=64,
-                     dataset="synthetic", nested=False, status="FINISHED", extra_tags=None):
+                     dataset="synthetic", nested=False, status="FINISHED", extra_tags=None,
+                     extra_metrics=None):
     """A run with the tags, params and final metrics of a defectlab training run."""
     with mlflow.start_run(nested=nested) as run:
         mlflow.log_params({"category": category, "image_size": image_size, "seed": seed,
                            "ensemble": ensemble_size})
         mlflow.set_tags({"method": method, "category": category, "dataset": dataset,
                          "ensemble_size": ensemble_size, "image_size": image_size, **(extra_tags or {})})
-        mlflow.log_metrics({"test_tpr_tnr_best": tpr_tnr, "test_image_auroc": auroc})
+        mlflow.log_metrics({"test_tpr_tnr_best": tpr_tnr, "test_image_auroc": auroc, **(extra_metrics or {})})
         if status != "FINISHED":
             mlflow.end_run(status=status)
     return run.info.run_id
@@ -323,3 +324,30 @@ def test_pixel_auroc_is_reported_beside_image_auroc_for_map_making_methods_only(
     assert metric_row["n"] == "1" and metric_row["test_pixel_auroc_mean"] == "missing"
     assert any(str(path).endswith("carpet-test_pixel_auroc.png") for path in result.figure_paths)
     assert "n/a" in (tmp_path / "out" / "comparison.html").read_text()
+
+
+def with_interval(auroc_low, auroc_high):
+    return {"test_image_auroc_ci_low": auroc_low, "test_image_auroc_ci_high": auroc_high,
+            "test_tpr_tnr_best_ci_low": 1.0, "test_tpr_tnr_best_ci_high": 1.2}
+
+
+def test_compare_reports_the_intervals_and_says_which_methods_overlap(tracking_uri, tmp_path):
+    mlflow.set_experiment(EXPERIMENT)
+    log_training_run("carpet", "l2_softmax", 0, 1.1, 0.80, extra_metrics=with_interval(0.70, 0.88))
+    log_training_run("carpet", "l2_softmax", 1, 1.1, 0.82, extra_metrics=with_interval(0.72, 0.90))
+    log_training_run("carpet", "ssim_ae", 0, 1.1, 0.85, extra_metrics=with_interval(0.78, 0.93))
+    log_training_run("carpet", "patch", 0, 1.1, 0.99, extra_metrics=with_interval(0.97, 1.00))
+    log_training_run("leather", "patch", 0, 1.1, 0.99)  # an older run: no interval
+
+    result = CliRunner().invoke(main, ["compare", "--experiment", EXPERIMENT, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    table = read_table(tmp_path / "out")
+    metric_learning = table_row(table, "carpet", "L2-softmax")
+    assert float(metric_learning["test_image_auroc_ci_low"]) == pytest.approx(0.71)  # mean over the repeats
+    assert float(metric_learning["test_image_auroc_ci_high"]) == pytest.approx(0.89)
+    assert metric_learning["test_image_auroc_overlaps"] == "SSIM AE"
+    assert table_row(table, "carpet", "Patch (PatchCore)")["test_image_auroc_overlaps"] == "none"
+    assert table_row(table, "leather", "Patch (PatchCore)")["test_image_auroc_overlaps"] == "missing"
+    page = (tmp_path / "out" / "comparison.html").read_text()
+    assert "the 95 % intervals of L2-softmax (0.710-0.890) and SSIM AE (0.780-0.930) overlap" in page
+    assert "Patch (PatchCore) (0.970" not in page  # its interval overlaps no other

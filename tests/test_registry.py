@@ -174,3 +174,66 @@ def test_a_version_that_is_not_a_number_is_an_unknown_version(tracking_uri):
 
     with pytest.raises(RegistryError, match="has no version 'latest'"):
         promote(MODEL_NAME, version="latest")
+
+
+def interval_metrics(value: float, low: float, high: float) -> dict:
+    return {"test_image_auroc": value, "test_image_auroc_ci_low": low, "test_image_auroc_ci_high": high}
+
+
+def test_a_gain_inside_the_champions_interval_is_said_and_still_promoted_by_default(tracking_uri):
+    first = register_version(interval_metrics(0.80, 0.70, 0.88))
+    promote(MODEL_NAME)
+    second = register_version(interval_metrics(0.84, 0.75, 0.92))
+
+    decision = promote(MODEL_NAME)
+
+    assert decision.promoted and champion() == second
+    assert decision.significant is False
+    assert f"inside version {first}'s 95 % interval (0.7-0.88): not significant" in decision.reason
+    assert version_tags(second)["promotion_significant"] == "false"
+
+
+def test_require_significant_keeps_the_champion_when_the_gain_is_inside_its_interval(tracking_uri):
+    first = register_version(interval_metrics(0.80, 0.70, 0.88))
+    promote(MODEL_NAME)
+    register_version(interval_metrics(0.84, 0.75, 0.92))
+
+    decision = promote(MODEL_NAME, require_significant=True)
+
+    assert not decision.promoted and champion() == first
+    assert "not promoted (--require-significant)" in decision.reason
+
+
+def test_require_significant_promotes_a_gain_outside_the_interval(tracking_uri):
+    register_version(interval_metrics(0.80, 0.70, 0.88))
+    promote(MODEL_NAME)
+    third = register_version(interval_metrics(0.95, 0.90, 0.99))
+
+    decision = promote(MODEL_NAME, require_significant=True)
+
+    assert decision.promoted and decision.significant and champion() == third
+    assert "outside version" in decision.reason
+
+
+def test_require_significant_without_a_champion_interval_does_not_promote(tracking_uri):
+    first = register_version({"test_image_auroc": 0.80})  # an older run: no interval
+    promote(MODEL_NAME)
+    register_version(interval_metrics(0.95, 0.90, 0.99))
+
+    decision = promote(MODEL_NAME, require_significant=True)
+
+    assert not decision.promoted and champion() == first
+    assert decision.significant is None and "is unknown" in decision.reason
+
+
+def test_promote_command_takes_require_significant(tracking_uri):
+    from click.testing import CliRunner
+
+    from defectlab.cli import main
+
+    register_version(interval_metrics(0.80, 0.70, 0.88))
+    promote(MODEL_NAME)
+    register_version(interval_metrics(0.84, 0.75, 0.92))
+    result = CliRunner().invoke(main, ["promote", "--model-name", MODEL_NAME, "--require-significant", "true"])
+    assert result.exit_code == 0, result.output
+    assert "not promoted" in result.output and "not significant" in result.output

@@ -251,13 +251,15 @@ def evaluate(**options) -> None:
 @click.option("--metric", default=DEFAULT_PROMOTION_METRIC, show_default=True, help="Run metric the versions are compared on.")
 @click.option("--version", default="", show_default=True, help="Candidate version; empty: the newest.")
 @click.option("--higher-is-better", type=click.BOOL, default=True, show_default=True, help="false for metrics such as a loss.")
-def promote(model_name: str, metric: str, version: str, higher_is_better: bool) -> None:
+@click.option("--require-significant", type=click.BOOL, default=False, show_default=True,
+              help="Promote only if the gain is outside the champion's bootstrap 95 % interval.")
+def promote(model_name: str, metric: str, version: str, higher_is_better: bool, require_significant: bool) -> None:
     """Move the alias champion to a version, only if it beats the current champion (exit 0 either way)."""
     from defectlab.tracking.registry import promote as promote_version
 
     decision = run_reporting_errors(
         promote_version, model_name, metric=metric, version=version or None,
-        higher_is_better=higher_is_better,
+        higher_is_better=higher_is_better, require_significant=require_significant,
     )
     click.echo(decision.summary())
 

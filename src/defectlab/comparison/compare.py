@@ -12,7 +12,10 @@ repeat), nor ``evaluate`` runs (tag ``evaluated_model``); ``compare`` runs have
   plots of ``test_tpr_tnr_best`` and ``test_image_auroc`` over repeats for every
   registered method and each variant found (an ensemble size, pseudo-defects), with the published numbers of
   ``published_results.json`` drawn as named reference lines;
-- ``comparison.csv``: mean, std, n, seeds and run ids per group, category and method;
+- ``comparison.csv``: mean, std, n, seeds and run ids per group, category and
+  method, with each run's bootstrap 95 % interval (``<metric>_ci_low``/``_ci_high``,
+  averaged over repeats) and ``<metric>_overlaps``: the other methods whose
+  interval overlaps this one's (a difference inside them is not evidence);
 - ``published.csv``: the published numbers with their sources, and a row
   "not confirmed" for each value that could not be confirmed;
 - ``comparison.html``: both tables, the notes and the figures on one page;
@@ -63,6 +66,8 @@ MAP_METRICS = {
     "test_pixel_auroc": ("pixel-level AUROC (test split)", (0.0, 1.02)),
 }
 REPORTED_METRICS = {**COMPARED_METRICS, **MAP_METRICS}
+# Each run's bootstrap interval of these (older runs have none: NaN, drawn and compared without).
+INTERVAL_COLUMNS = tuple(f"{metric}_ci_{end}" for metric in COMPARED_METRICS for end in ("low", "high"))
 
 
 TABLE_FILE = "comparison.csv"
@@ -186,7 +191,8 @@ def training_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     notes : list of str
         Why runs that look like training runs were not used.
     """
-    columns = ["run_id", "dataset", "image_size", "category", "method", "seed", *REPORTED_METRICS]
+    columns = ["run_id", "dataset", "image_size", "category", "method", "seed", *REPORTED_METRICS,
+               *INTERVAL_COLUMNS]
     if runs.empty:
         return pd.DataFrame(columns=columns), []
     parent_run_ids = set(_column(runs, "tags.mlflow.parentRunId").dropna())
@@ -251,7 +257,7 @@ def training_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         "seed": pd.to_numeric(_column(candidates, "params.seed"), errors="coerce"),
         **{metric: pd.to_numeric(values[complete]) for metric, values in metric_columns.items()},
         **{metric: pd.to_numeric(_column(candidates, f"metrics.{metric}"), errors="coerce")
-           for metric in MAP_METRICS},
+           for metric in (*MAP_METRICS, *INTERVAL_COLUMNS)},
     }, columns=columns)
     return training.reset_index(drop=True), notes
 
@@ -304,10 +310,65 @@ def summary_table(training: pd.DataFrame) -> pd.DataFrame:
                     values = runs[metric].dropna().to_numpy(dtype=np.float64)
                     row[f"{metric}_mean"] = float(np.mean(values)) if len(values) else np.nan
                     row[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
+                for column in INTERVAL_COLUMNS:
+                    values = runs[column].dropna().to_numpy(dtype=np.float64)
+                    row[column] = float(np.mean(values)) if len(values) else np.nan
                 row["seeds"] = " ".join(str(int(seed)) for seed in runs["seed"].dropna()) or np.nan
                 row["run_ids"] = " ".join(runs["run_id"]) or np.nan
                 rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    for metric in COMPARED_METRICS:
+        table[f"{metric}_overlaps"] = overlapping_methods(table, metric)
+    return table
+
+
+def intervals_overlap(first: tuple[float, float], second: tuple[float, float]) -> bool:
+    """Whether two closed intervals ``(low, high)`` share a point."""
+    return first[0] <= second[1] and second[0] <= first[1]
+
+
+def overlapping_methods(table: pd.DataFrame, metric: str) -> list:
+    """Per row of a summary table: the other methods of its group and category whose ``metric``
+    interval overlaps its own (``; ``-joined, ``none``), NaN where the row has no interval."""
+    low, high = table[f"{metric}_ci_low"].to_numpy(), table[f"{metric}_ci_high"].to_numpy()
+    overlaps = []
+    for index in range(len(table)):
+        if not (np.isfinite(low[index]) and np.isfinite(high[index])):
+            overlaps.append(np.nan)
+            continue
+        same_place = ((table["group"] == table["group"].iloc[index])
+                      & (table["category"] == table["category"].iloc[index])).to_numpy()
+        others = [
+            table["method"].iloc[other] for other in np.flatnonzero(same_place)
+            if other != index and np.isfinite(low[other]) and np.isfinite(high[other])
+            and intervals_overlap((low[index], high[index]), (low[other], high[other]))
+        ]
+        overlaps.append("; ".join(others) or "none")
+    return overlaps
+
+
+def overlap_notes(table: pd.DataFrame) -> list[str]:
+    """One sentence per pair of methods whose intervals overlap, per group, category and metric."""
+    notes = []
+    for metric in COMPARED_METRICS:
+        for (group, category), rows in table.groupby(["group", "category"], sort=False):
+            rows = rows[rows[f"{metric}_ci_low"].notna()]
+            pairs = [
+                (first, second) for position, first in enumerate(rows.itertuples())
+                for second in list(rows.itertuples())[position + 1:]
+                if intervals_overlap(
+                    (getattr(first, f"{metric}_ci_low"), getattr(first, f"{metric}_ci_high")),
+                    (getattr(second, f"{metric}_ci_low"), getattr(second, f"{metric}_ci_high")),
+                )
+            ]
+            for first, second in pairs:
+                notes.append(
+                    f"{group}, {category}, {metric}: the 95 % intervals of {first.method} "
+                    f"({getattr(first, metric + '_ci_low'):.3f}-{getattr(first, metric + '_ci_high'):.3f}) and "
+                    f"{second.method} ({getattr(second, metric + '_ci_low'):.3f}-"
+                    f"{getattr(second, metric + '_ci_high'):.3f}) overlap: their difference is not significant."
+                )
+    return notes
 
 
 def format_mean_std(mean: float, std: float, count: int) -> str:
@@ -349,10 +410,16 @@ def comparison_figures(training: pd.DataFrame, published: dict):
                 lines = reference_lines(published, category, metric)
                 if lines:
                     notes.append("Published lines were measured on real MVTec AD images.")
+                intervals = {}
+                if metric in COMPARED_METRICS:
+                    for method in methods:
+                        method_runs = category_runs[category_runs["method"] == method]
+                        intervals[method] = (method_runs[f"{metric}_ci_low"].mean(),
+                                             method_runs[f"{metric}_ci_high"].mean())
                 figure = figures.comparison_boxplot_figure(
                     values_by_method, lines,
                     title=f"{category}: {metric} over repeats ({group_label(dataset, image_size)})",
-                    value_label=value_label, value_range=value_range, notes=notes,
+                    value_label=value_label, value_range=value_range, notes=notes, intervals=intervals,
                 )
                 yield f"{FIGURES_DIR}/{group_folder(dataset, image_size)}/{category}-{metric}.png", figure
 
@@ -365,6 +432,12 @@ def _html_page(experiment_name: str, table: pd.DataFrame, published_rows: pd.Dat
             format_mean_std(mean, std, count)
             for mean, std, count in zip(table[f"{metric}_mean"], table[f"{metric}_std"], table["n"])
         ]
+    for metric in COMPARED_METRICS:
+        shown[metric + " 95 % interval"] = [
+            MISSING if count == 0 else NOT_APPLICABLE if np.isnan(low) else f"{low:.3f}-{high:.3f}"
+            for low, high, count in zip(table[f"{metric}_ci_low"], table[f"{metric}_ci_high"], table["n"])
+        ]
+        shown[metric + " overlaps"] = table[f"{metric}_overlaps"].fillna(NOT_APPLICABLE)
     shown["seeds"] = table["seeds"].fillna(MISSING)
     shown["run ids"] = table["run_ids"].fillna(MISSING)
     figure_items = "\n".join(
@@ -410,6 +483,7 @@ def write_report(training: pd.DataFrame, notes: list[str], out_dir: Path,
         *(f"{source['label']}: {source['note']}" for source in published["sources"].values()),
         *(f"{row.category} {row.metric}: {row.note}" for row in published_rows.itertuples() if row.value == "not confirmed"),
         *notes,
+        *overlap_notes(table),
     ]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -119,6 +119,7 @@ def comparison_boxplot_figure(
     value_label: str,
     value_range: tuple[float, float],
     notes: list[str] | None = None,
+    intervals: dict[str, tuple[float, float]] | None = None,
 ) -> Figure:
     """Box plot of one metric over repeated runs, one box per method, with named reference lines.
 
@@ -135,6 +136,9 @@ def comparison_boxplot_figure(
         Fixed y-axis range (the metric's possible range), so figures compare at a glance.
     notes : list of str, optional
         Caveats printed under the axes (missing methods, unconfirmed references).
+    intervals : dict of {method label: (low, high)}, optional
+        A run's bootstrap 95 % interval of the metric (averaged over repeats),
+        drawn as a capped bar to the right of the method's box.
     """
     method_labels = list(values_by_method)
     positions = np.arange(1, len(method_labels) + 1)
@@ -151,6 +155,12 @@ def comparison_boxplot_figure(
         # Repeats are few: show every run, spread sideways so equal values stay visible.
         offsets = np.linspace(-0.12, 0.12, values.size) if values.size > 1 else np.zeros(1)
         axes.scatter(position + offsets, values, s=18, color="tab:blue", alpha=0.7, zorder=3)
+        low, high = (intervals or {}).get(label, (np.nan, np.nan))
+        if np.isfinite(low) and np.isfinite(high):
+            middle = (low + high) / 2
+            axes.errorbar(position + 0.33, middle, yerr=[[middle - low], [high - middle]], fmt="none",
+                          ecolor="tab:red", capsize=4, linewidth=1.5, zorder=3,
+                          label="bootstrap 95 % interval of a run" if position == positions[0] else None)
     axes.set_xticks(positions, [
         f"{label}\n(n={len(values_by_method[label])})" for label in method_labels
     ])

@@ -47,6 +47,10 @@ class PromotionDecision:
     champion_value : float or None
     reason : str
         One sentence for people.
+    significant : bool or None
+        Whether a better candidate's value lies outside the champion's
+        bootstrap 95 % interval; None when not judged (no champion, not better,
+        or the champion's run logged no interval).
     """
 
     promoted: bool
@@ -58,6 +62,7 @@ class PromotionDecision:
     candidate_value: float
     champion_value: float | None
     reason: str
+    significant: bool | None = None
 
     @property
     def champion_version_after(self) -> str:
@@ -116,6 +121,18 @@ def champion_version(model_name: str, client: MlflowClient | None = None) -> str
     return None if alias_version is None else str(alias_version)
 
 
+def version_run_interval(model_name: str, version: str, metric: str,
+                         client: MlflowClient | None = None) -> tuple[float, float] | None:
+    """The bootstrap 95 % interval (``<metric>_ci_low``, ``_ci_high``) logged by ``version``'s run, if any."""
+    client = client or _client()
+    try:
+        low = version_run_metric(model_name, version, f"{metric}_ci_low", client)
+        high = version_run_metric(model_name, version, f"{metric}_ci_high", client)
+    except RegistryError:
+        return None
+    return low, high
+
+
 def version_run_metric(model_name: str, version: str, metric: str,
                        client: MlflowClient | None = None) -> float:
     """``metric`` of the run that produced ``version``; `RegistryError` when it has none."""
@@ -159,6 +176,7 @@ def _record_decision(client: MlflowClient, decision: PromotionDecision) -> None:
             "" if decision.champion_value is None else repr(decision.champion_value)
         ),
         "compared_with_version": decision.champion_version_before or "",
+        "promotion_significant": {True: "true", False: "false", None: "unknown"}[decision.significant],
     }
     for key, value in tags.items():
         client.set_model_version_tag(decision.model_name, decision.candidate_version, key, value)
@@ -169,6 +187,7 @@ def promote(
     metric: str = DEFAULT_PROMOTION_METRIC,
     version: str | int | None = None,
     higher_is_better: bool = True,
+    require_significant: bool = False,
 ) -> PromotionDecision:
     """Give ``version`` the alias ``champion`` if its run beats the current champion's on ``metric``.
 
@@ -182,6 +201,12 @@ def promote(
         Candidate version; default (None or empty) the newest.
     higher_is_better : bool
         False for metrics such as a loss.
+    require_significant : bool
+        Promote a better candidate only if its value lies outside the
+        champion's bootstrap 95 % interval (``<metric>_ci_low``/``_ci_high`` of
+        the champion's run; without one, significance is unknown and the
+        candidate is not promoted). Either way the decision says whether the
+        gain is inside that interval.
 
     Returns
     -------
@@ -196,6 +221,7 @@ def promote(
         then left untouched.
     """
     client = _client()
+    significant = None
     candidate_version = str(version) if version not in (None, "") else newest_version(model_name, client)
     candidate_value = version_run_metric(model_name, candidate_version, metric, client)
     current_champion = champion_version(model_name, client)
@@ -215,6 +241,22 @@ def promote(
             f"{current_champion} ({direction} is better)"
         )
         reason = ("better: " if promoted else "not strictly better: ") + comparison
+        if promoted:
+            interval = version_run_interval(model_name, current_champion, metric, client)
+            if interval is None:
+                significant = None
+                reason += (f"; version {current_champion}'s run logged no 95 % interval of {metric}, "
+                           "so whether the gain is significant is unknown")
+            else:
+                significant = not interval[0] <= candidate_value <= interval[1]
+                reason += (
+                    f"; the gain is {'outside' if significant else 'inside'} version {current_champion}'s "
+                    f"95 % interval ({interval[0]:.6g}-{interval[1]:.6g})"
+                    + ("" if significant else ": not significant")
+                )
+            if require_significant and not significant:
+                promoted = False
+                reason += "; not promoted (--require-significant)"
 
     decision = PromotionDecision(
         promoted=promoted,
@@ -226,6 +268,7 @@ def promote(
         candidate_value=candidate_value,
         champion_value=champion_value,
         reason=reason,
+        significant=significant,
     )
     if promoted:
         client.set_registered_model_alias(model_name, CHAMPION_ALIAS, candidate_version)
