@@ -30,7 +30,7 @@ from defectlab.serving.detector import load_logged_detector
 from defectlab.runner import run_training
 from defectlab.tracking.registry import promote
 
-from ..conftest import TINY_METRIC_OPTIONS
+from ..conftest import TINY_METRIC_OPTIONS, fresh_tracking_store
 from ..test_detector_input import blank_grayscale_png
 from .conftest import (
     free_port, run_artifact_paths, run_entry_point, stop_process, subprocess_environment, wait_for_port,
@@ -58,15 +58,7 @@ CONTRACT_ARTIFACTS = (
 def champion_store(tmp_path_factory, tiny_dataset_root, session_cache_dir):
     """A SQLite store holding one tiny trained detector, registered and promoted to ``champion``."""
     folder = tmp_path_factory.mktemp("serving-store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("DEFECTLAB_CACHE", str(session_cache_dir))
-        patch.delenv("MLFLOW_RUN_ID", raising=False)
-        patch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+    with fresh_tracking_store(folder, session_cache_dir) as uri:
         config = MetricConfig(
             category="carpet", data_dir=str(tiny_dataset_root), register_as=MODEL_NAME,
             **TINY_METRIC_OPTIONS,
