@@ -18,6 +18,9 @@ from defectlab.serving.detector import (
 )
 
 
+pytestmark = pytest.mark.training  # the detector fixture fits a patch model on the built-in dataset
+
+
 @pytest.fixture(scope="module")
 def patch_pyfunc(tiny_patch_store):
     """The tiny patch run's logged ``detector`` as MLflow loads it, and the `DefectDetector` inside."""

@@ -1,27 +1,25 @@
 """``defectlab predict`` on a folder of new images: the files it writes, its scores, exit codes, bad input.
 
-One tiny patch detector (`tiny_patch_store`: random backbone, 64 px, makes maps) serves every test.
+One tiny patch detector (`tiny_patch_store`: random backbone, 64 px, makes maps) serves every test;
+the streaming itself, without a detector, is in test_predict_streaming.py.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import time
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from defectlab.cli import main
-from defectlab.data import ImageDecoder
 from defectlab.serving.detector import IMAGE_COLUMN
-from defectlab.serving.predict import (
-    ERROR_COLUMNS, PREDICTION_COLUMNS, decoded_batches, list_input_images,
-)
+from defectlab.serving.predict import ERROR_COLUMNS, PREDICTION_COLUMNS
+
+pytestmark = pytest.mark.training  # the detector fixture fits a patch model on the built-in dataset
 
 GOOD_COUNT = 3  # at most: the tiny dataset's test split may hold fewer
 DEFECT_COUNT = 3
@@ -235,49 +233,6 @@ def test_a_non_empty_out_is_refused_unless_overwrite(use_tiny_patch_store, new_i
     assert (out / "predictions.csv").is_file() and (out / "keep.txt").read_text() == "the user's own file"
 
 
-# Streaming
-
-
-class CountingDecoder:
-    """An `ImageDecoder` stand-in that counts the files it decoded."""
-
-    def __init__(self):
-        self.inner = ImageDecoder(8)
-        self.decoded = 0
-
-    def empty_batch(self, count: int = 0):
-        return self.inner.empty_batch(count)
-
-    def decode(self, path):
-        self.decoded += 1
-        return np.full((8, 8, 3), 7, dtype=np.uint8)
-
-
-def test_decoding_runs_at_most_one_batch_ahead_of_scoring():
-    decoder, batch_size = CountingDecoder(), 5
-    paths = [f"image_{index}.png" for index in range(53)]
-    seen = []
-
-    for index, batch in enumerate(decoded_batches(paths, decoder, batch_size)):
-        time.sleep(0.05)  # a slow "scoring" step: the decoder must wait, not race ahead
-        # this batch, one waiting in the queue, one being decoded
-        assert decoder.decoded <= (index + 3) * batch_size
-        seen.extend(batch.paths)
-
-    assert seen == paths
-
-
-def test_a_scoring_loop_left_early_stops_the_decoding_thread():
-    decoder = CountingDecoder()
-    batches = decoded_batches([f"image_{index}.png" for index in range(1000)], decoder, 10)
-    next(batches)
-    batches.close()
-    decoded_when_closed = decoder.decoded
-    time.sleep(0.2)
-
-    assert decoder.decoded == decoded_when_closed <= 30
-
-
 def test_without_a_terminal_progress_is_one_log_line_per_n_images(use_tiny_patch_store, new_images, tmp_path, caplog):
     folder, expected_scores, _ = new_images
     total = len(expected_scores) + 2
@@ -290,13 +245,3 @@ def test_without_a_terminal_progress_is_one_log_line_per_n_images(use_tiny_patch
     assert result.exit_code == 0, result.output
     lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("predict:")]
     assert lines == [f"predict: {done} of {total} images done" for done in (*range(4, total, 4), total)]
-
-
-def test_a_glob_and_a_single_file_are_inputs(tmp_path):
-    (tmp_path / "a").mkdir()
-    for name in ("a/x.png", "a/y.JPG", "b.png"):
-        (tmp_path / name).write_bytes(b"")
-
-    assert list_input_images(str(tmp_path / "**" / "*.png")) == [str(tmp_path / "a/x.png"), str(tmp_path / "b.png")]
-    assert list_input_images(str(tmp_path / "b.png")) == [str(tmp_path / "b.png")]
-    assert list_input_images(str(tmp_path)) == [str(tmp_path / "a/x.png"), str(tmp_path / "a/y.JPG"), str(tmp_path / "b.png")]
