@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -68,5 +69,67 @@ def tracking_uri(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+TINY_PATCH_MODEL_NAME = "defectlab-patch-carpet"
+
+
+@contextlib.contextmanager
+def fresh_tracking_store(folder, cache_dir):
+    """For a module or session fixture: MLflow at a new SQLite store in ``folder`` (also the cwd); yields its URI."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("DEFECTLAB_CACHE", str(cache_dir))
+        patch.delenv("MLFLOW_RUN_ID", raising=False)
+        patch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield uri
+
+
+@pytest.fixture(scope="session")
+def tiny_patch_store(tmp_path_factory, tiny_dataset_root, session_cache_dir):
+    """A SQLite store with one tiny patch run (random backbone, 64 px: seconds, maps), registered and champion.
+
+    Attributes: ``uri`` (tracking URI), ``folder``, ``run_id``, ``detector_uri``
+    (``runs:/<id>/detector``), ``model_name``, ``scores`` (the run's ``scores.csv``),
+    ``data_root``. Tests that use it must point MLflow at ``uri`` (`use_tiny_patch_store`).
+    """
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from defectlab.methods.patch import PatchConfig
+    from defectlab.runner import run_training
+    from defectlab.tracking.registry import promote
+
+    folder = tmp_path_factory.mktemp("patch-store")
+    with fresh_tracking_store(folder, session_cache_dir) as uri:
+        training = run_training(PatchConfig(
+            category="carpet", data_dir=str(tiny_dataset_root), image_size=TINY_IMAGE_SIZE,
+            backbone="none", register_as=TINY_PATCH_MODEL_NAME,
+        ))
+        promote(TINY_PATCH_MODEL_NAME)
+        scores = pd.read_csv(
+            mlflow.artifacts.download_artifacts(run_id=training.run_id, artifact_path="scores.csv")
+        )
+    return SimpleNamespace(
+        uri=uri, folder=folder, run_id=training.run_id, detector_uri=f"runs:/{training.run_id}/detector",
+        model_name=TINY_PATCH_MODEL_NAME, scores=scores, data_root=tiny_dataset_root,
+    )
+
+
+@pytest.fixture
+def use_tiny_patch_store(tiny_patch_store, monkeypatch):
+    """MLflow pointed at `tiny_patch_store` for one test (new runs land there too)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_patch_store.uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(tiny_patch_store.uri)
+    mlflow.set_registry_uri(tiny_patch_store.uri)
+    yield tiny_patch_store
     while mlflow.active_run():
         mlflow.end_run()

@@ -13,7 +13,9 @@ import yaml
 from defectlab.cli import main
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONTRACT_ENTRY_POINTS = ("main", "metric", "ssim", "tune", "evaluate", "compare", "promote", "synth")
+CONTRACT_ENTRY_POINTS = (
+    "main", "metric", "ssim", "tune", "evaluate", "predict", "compare", "promote", "synth",
+)
 
 
 def load_entry_points():

@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from defectlab.config import EvaluateConfig, config_defaults
+from defectlab.config import EvaluateConfig, PredictConfig, config_defaults
 from defectlab.errors import DefectlabError
 from defectlab.methods import all_methods
 from defectlab.tracking.registry import DEFAULT_PROMOTION_METRIC
@@ -56,13 +56,19 @@ def field_option(field: dataclasses.Field, method_default: bool = False) -> clic
 
 
 def config_options(config_class):
-    """Decorator: one option per field of a config dataclass (`field_option`)."""
+    """Decorator: one option per field of a config dataclass (`field_option`).
+
+    A bool option may stand alone as a switch (``--overwrite`` means
+    ``--overwrite true``) and still takes a value, which MLproject passes.
+    """
 
     def decorate(command):
         for field in reversed(dataclasses.fields(config_class)):
             option = field_option(field)
+            switch = {"is_flag": False, "flag_value": True} if option.type is click.BOOL else {}
             command = click.option(
-                *option.opts, field.name, type=option.type, default=option.default, show_default=True
+                *option.opts, field.name, type=option.type, default=option.default, show_default=True,
+                **switch,
             )(command)
         return command
 
@@ -244,6 +250,27 @@ def evaluate(**options) -> None:
         f"run {result.run_id}: {result.detector_uri} test_image_auroc="
         f"{result.metrics['test_image_auroc']:.4f} test_tpr_tnr_best={result.metrics['test_tpr_tnr_best']:.4f}"
     )
+
+
+@main.command()
+@config_options(PredictConfig)
+def predict(**options) -> None:
+    """Score new images (a folder, a glob or a list of paths) with a detector: predictions.csv, overlays, summary.png.
+
+    Exits 1 when an image could not be read (listed in errors.csv) unless --allow-errors.
+    """
+    from defectlab.serving.predict import ERRORS_FILE, run_predict
+
+    config = run_reporting_errors(PredictConfig, **options)
+    result = run_reporting_errors(run_predict, config)
+    click.echo(result.summary())
+    if result.run_id:
+        click.echo(f"logged run {result.run_id}")
+    if result.errors and not config.allow_errors:
+        raise click.ClickException(
+            f"{result.errors} of {result.images} images could not be read (see "
+            f"{result.out_dir / ERRORS_FILE}); pass --allow-errors to accept that"
+        )
 
 
 @main.command()

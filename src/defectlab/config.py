@@ -136,6 +136,49 @@ class EvaluateConfig:
         check_image_policies("stretch", self.on_bad_image)
 
 
+@dataclass(frozen=True)
+class PredictConfig:
+    """Scoring new images with a logged, registered or local detector (``defectlab predict``).
+
+    ``input`` is a folder (searched recursively for image files), a glob
+    (``**`` descends folders), a text file of image paths (one a line;
+    relative paths are relative to the file's folder) or one image file.
+    ``out`` is the folder the results go to; it must be empty or new unless
+    ``overwrite``. ``batch_size`` images are decoded and scored at a time.
+    ``allow_errors``: unreadable images still exit 0. ``log``: also log an
+    MLflow run. ``progress_every``: without a terminal, one progress line per
+    this many images.
+    """
+
+    model_uri: str = ""
+    input: str = ""
+    out: str = ""
+    batch_size: int = 32
+    overwrite: bool = False
+    allow_errors: bool = False
+    log: bool = False
+    progress_every: int = 500
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first invalid setting."""
+        if not self.model_uri:
+            raise ConfigError(
+                "model_uri is required: runs:/<run_id>/detector, models:/<name>/<version>, "
+                "models:/<name>@champion or a detector folder"
+            )
+        if not self.input:
+            raise ConfigError("input is required: a folder of images, a glob or a text file of image paths")
+        if not self.out:
+            raise ConfigError("out is required: the folder to write predictions.csv into")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.progress_every < 1:
+            raise ConfigError(f"progress_every must be at least 1, got {self.progress_every}")
+
+
 def config_defaults(config_class) -> dict:
     """Field name -> default value of a config dataclass (for click and MLproject)."""
     return {field.name: field.default for field in dataclasses.fields(config_class)}

@@ -7,6 +7,7 @@ for a fresh database in it (an Optuna study storage, an MLflow backend store).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -15,7 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -111,6 +115,53 @@ def stop_process(process: subprocess.Popen, timeout_seconds: float = 10.0) -> No
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+SERVER_START_SECONDS = 180
+REQUEST_TIMEOUT_SECONDS = 120
+
+
+def http_answer(url: str, body: bytes | None = None, content_type: str = "application/json"):
+    """(status, text) of a GET (no body) or POST; HTTP errors are answers, not exceptions."""
+    request = urllib.request.Request(
+        url, data=body, method="GET" if body is None else "POST",
+        headers={} if body is None else {"Content-Type": content_type},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_SECONDS) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@contextlib.contextmanager
+def served_model(model_uri: str, folder: Path, tracking_uri: str):
+    """``mlflow models serve -m model_uri --env-manager local`` on a free port, until the block ends.
+
+    Yields ``base_url``, ``invocations`` (its URL), ``process`` and ``log_path`` (in ``folder``).
+    """
+    port = free_port()
+    log_path = Path(folder) / f"serve-{port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri,
+                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+            ],
+            cwd=folder, env=subprocess_environment(tracking_uri), stdout=log, stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_port(port, SERVER_START_SECONDS, process)
+        deadline = time.monotonic() + SERVER_START_SECONDS
+        while http_answer(f"{base_url}/ping")[0] != 200:
+            assert time.monotonic() < deadline and process.poll() is None, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        yield SimpleNamespace(
+            base_url=base_url, invocations=f"{base_url}/invocations", process=process, log_path=log_path,
+        )
+    finally:
+        stop_process(process)
 
 
 def _postgres_bin_dir() -> Path | None:

@@ -10,11 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,19 +25,15 @@ from defectlab.serving.detector import load_logged_detector
 from defectlab.runner import run_training
 from defectlab.tracking.registry import promote
 
-from ..conftest import TINY_METRIC_OPTIONS
+from ..conftest import TINY_METRIC_OPTIONS, fresh_tracking_store
 from ..test_detector_input import blank_grayscale_png
-from .conftest import (
-    free_port, run_artifact_paths, run_entry_point, stop_process, subprocess_environment, wait_for_port,
-)
+from .conftest import http_answer, run_artifact_paths, run_entry_point, served_model
 
 pytestmark = pytest.mark.integration
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "defectlab-metric-carpet"
 CHAMPION_URI = f"models:/{MODEL_NAME}@champion"
-SERVER_START_SECONDS = 180
-REQUEST_TIMEOUT_SECONDS = 120
 CONTRACT_METRICS = (
     "test_image_auroc", "test_tpr_tnr_best", "test_tpr_at_best", "test_tnr_at_best",
     "test_threshold_best", "test_tpr_at_val_threshold", "test_tnr_at_val_threshold",
@@ -58,15 +49,7 @@ CONTRACT_ARTIFACTS = (
 def champion_store(tmp_path_factory, tiny_dataset_root, session_cache_dir):
     """A SQLite store holding one tiny trained detector, registered and promoted to ``champion``."""
     folder = tmp_path_factory.mktemp("serving-store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("DEFECTLAB_CACHE", str(session_cache_dir))
-        patch.delenv("MLFLOW_RUN_ID", raising=False)
-        patch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+    with fresh_tracking_store(folder, session_cache_dir) as uri:
         config = MetricConfig(
             category="carpet", data_dir=str(tiny_dataset_root), register_as=MODEL_NAME,
             **TINY_METRIC_OPTIONS,
@@ -84,43 +67,11 @@ def champion_store(tmp_path_factory, tiny_dataset_root, session_cache_dir):
         )
 
 
-def _http(url: str, body: bytes | None = None, content_type: str = "application/json"):
-    """(status, text) of a GET (no body) or POST; HTTP errors are answers, not exceptions."""
-    request = urllib.request.Request(
-        url, data=body, method="GET" if body is None else "POST",
-        headers={} if body is None else {"Content-Type": content_type},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_SECONDS) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 @pytest.fixture(scope="module")
 def detector_server(champion_store):
     """``mlflow models serve -m models:/NAME@champion --env-manager local`` on a free port."""
-    port = free_port()
-    log_path = champion_store.folder / "serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", CHAMPION_URI,
-                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
-            ],
-            cwd=champion_store.folder, env=subprocess_environment(champion_store.uri),
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_port(port, SERVER_START_SECONDS, process)
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        while _http(f"{base_url}/ping")[0] != 200:
-            assert time.monotonic() < deadline and process.poll() is None, log_path.read_text()[-3000:]
-            time.sleep(0.5)
-        yield SimpleNamespace(base_url=base_url, process=process, log_path=log_path)
-    finally:
-        stop_process(process)
+    with served_model(CHAMPION_URI, champion_store.folder, champion_store.uri) as server:
+        yield server
 
 
 def image_request(values, column: str = "image") -> bytes:
@@ -143,7 +94,7 @@ def test_served_scores_equal_the_training_runs_scores(champion_store, detector_s
     test_rows = offline[offline["split"] == "test"]
     chosen = pd.concat([test_rows[test_rows["label"] == 0].head(3), test_rows[test_rows["label"] == 1].head(3)])
 
-    status, text = _http(
+    status, text = http_answer(
         f"{detector_server.base_url}/invocations",
         image_request([base64_file(path) for path in chosen["path"]]),
     )
@@ -194,10 +145,10 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_answerin
     invocations = f"{detector_server.base_url}/invocations"
 
     for case, (body, expected_message) in _bad_requests(good_image).items():
-        status, text = _http(invocations, body)
+        status, text = http_answer(invocations, body)
         assert 400 <= status < 500, f"{case}: HTTP {status}: {text[:500]}"
         assert expected_message in json.loads(text)["message"], f"{case}: {text[:500]}"
-        good_status, good_text = _http(invocations, image_request([good_image]))
+        good_status, good_text = http_answer(invocations, image_request([good_image]))
         assert good_status == 200, f"after {case}: HTTP {good_status}: {good_text[:500]}"
 
     assert detector_server.process.poll() is None

@@ -257,3 +257,40 @@ def heatmap_figure(
     figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def anomaly_overlay_figure(image: np.ndarray, anomaly_map: np.ndarray, threshold: float, title: str) -> Figure:
+    """The image beside its anomaly map laid over it, with the contour where the map reaches ``threshold``.
+
+    Parameters
+    ----------
+    image : numpy.ndarray, uint8, (h, w, channels)
+    anomaly_map : numpy.ndarray, float, (h, w)
+        Higher = more anomalous, in the units of the detector's scores. The
+        colour scale runs from 0 to twice ``threshold`` (the threshold in its
+        middle), the same for every image, so overlays compare.
+    threshold : float
+        The detector's image threshold, drawn as a contour on the map where
+        the map crosses it (no contour where it never does).
+    title : str
+        Shown above the panels (e.g. the file name and score).
+    """
+    grayscale = image.shape[-1] == 1
+    shown_image = image[..., 0] if grayscale else image
+    colour_map = "gray" if grayscale else None
+    map_limit = 2.0 * threshold if threshold > 0 else float(np.max(anomaly_map))
+    figure, (image_axes, map_axes) = plt.subplots(1, 2, figsize=(6.4, 3.6))
+    for axes in (image_axes, map_axes):
+        axes.imshow(shown_image, cmap=colour_map, vmin=0, vmax=255)
+        axes.axis("off")
+    image_axes.set_title("input", fontsize=9)
+    shown_map = map_axes.imshow(
+        anomaly_map, cmap="inferno", alpha=0.55, vmin=0.0, vmax=max(map_limit, 1e-12)
+    )
+    if np.min(anomaly_map) < threshold < np.max(anomaly_map):
+        map_axes.contour(anomaly_map, levels=[threshold], colors="cyan", linewidths=1.2)
+    map_axes.set_title(f"anomaly map, contour at threshold {threshold:.3g}", fontsize=9)
+    figure.colorbar(shown_map, ax=map_axes, fraction=0.046, pad=0.04)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return figure

@@ -11,6 +11,21 @@ serve`` carries), or paths of image files. Output: a DataFrame with ``score``
 (float, higher = more anomalous) and ``is_anomaly`` (``score > threshold``).
 Bad input raises an `MlflowException` with ``INVALID_PARAMETER_VALUE``,
 which the scoring server answers with HTTP 400.
+
+Maps, for methods that make them (``method.makes_maps``): the pyfunc params
+``{"return_maps": true, "map_size": 64}`` add a column ``anomaly_map``, each
+image's map as a list of ``map_size`` rows of ``map_size`` floats. The values
+are the method's own, not rescaled (the units of ``score``, higher = more
+anomalous: maps of different requests compare, and the threshold keeps its
+meaning on them), bilinearly resampled from the detector's image size
+(Pillow, antialiased when shrinking). ``map_size`` defaults to the
+detector's image size and must be an integer from 1 to `MAX_MAP_SIZE`.
+Without params, or with ``return_maps`` false, the output is exactly
+``score`` and ``is_anomaly``. Bad params are HTTP 400 too: ``map_size`` out
+of range or not an integer, ``return_maps`` not a bool or true for a method
+without maps. Called in process, an unknown key is refused as well; the
+scoring server drops keys the signature does not declare before the model
+sees them (MLflow logs a warning), so there it is ignored.
 """
 
 from __future__ import annotations
@@ -31,10 +46,14 @@ from PIL import Image
 from defectlab.data.decoder import ImageDecodeError, ImageDecoder
 from defectlab.errors import DefectlabError
 from defectlab.methods import method_by_tag
-from defectlab.serving.bundle import bundle_decoder, read_bundle
+from defectlab.serving.bundle import BUNDLE_CONFIG_FILE, bundle_decoder, read_bundle
 
 IMAGE_COLUMN = "image"
+MAP_COLUMN = "anomaly_map"
 INPUT_EXAMPLE_SIZE = 64
+# The params of a request; a 1024 x 1024 map is already a million floats of JSON per image.
+MAP_PARAMS = ("return_maps", "map_size")
+MAX_MAP_SIZE = 1024
 
 
 def _invalid(message: str) -> MlflowException:
@@ -107,8 +126,19 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def resize_map(anomaly_map: np.ndarray, map_size: int) -> np.ndarray:
+    """An anomaly map ``(h, w)`` bilinearly resampled to ``(map_size, map_size)`` float32; values are not rescaled."""
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
+    if anomaly_map.shape == (map_size, map_size):
+        return anomaly_map
+    resized = Image.fromarray(anomaly_map, mode="F").resize(
+        (map_size, map_size), Image.Resampling.BILINEAR
+    )
+    return np.asarray(resized, dtype=np.float32)
+
+
 class DefectDetector(mlflow.pyfunc.PythonModel):
-    """pyfunc over a detector bundle: ``predict`` returns ``score`` and ``is_anomaly``."""
+    """pyfunc over a detector bundle: ``predict`` returns ``score`` and ``is_anomaly`` (and maps on request)."""
 
     def load_context(self, context):
         self.load_bundle(Path(context.artifacts["bundle"]))
@@ -121,27 +151,73 @@ class DefectDetector(mlflow.pyfunc.PythonModel):
         return self
 
     def predict(self, context, model_input, params=None):
-        return self.predict_images(decode_images(model_input, self.decoder), params)
+        map_size = self.requested_map_size(params)  # bad params are refused before any decoding
+        return self._predictions(decode_images(model_input, self.decoder), map_size)
 
     def predict_images(self, images: np.ndarray, params=None) -> pd.DataFrame:
-        """Scores of already-decoded images (the path tests and benchmarks use)."""
-        params = params or {}
-        if params.get("return_map"):
-            if not self.method.makes_maps:
-                raise _invalid(
-                    f"return_map: the {self.bundle_config['method']} detector makes no anomaly maps"
-                )
-            scores, maps = self.scorer.score_images_with_maps(images)
-            result = pd.DataFrame({"score": scores, "is_anomaly": scores > self.threshold})
-            result["anomaly_map"] = [m.tolist() for m in maps]
-            return result
-        scores = np.asarray(self.scorer.score_images(images), dtype=np.float64)
-        return pd.DataFrame({"score": scores, "is_anomaly": scores > self.threshold})
+        """Predictions of already-decoded ``uint8`` images (the path tests and benchmarks use)."""
+        return self._predictions(images, self.requested_map_size(params))
+
+    def _predictions(self, images: np.ndarray, map_size: int | None) -> pd.DataFrame:
+        scores, anomaly_maps = self.score(images, with_maps=map_size is not None)
+        result = pd.DataFrame({"score": scores, "is_anomaly": scores > self.threshold})
+        if map_size is not None:
+            result[MAP_COLUMN] = [resize_map(anomaly_map, map_size).tolist() for anomaly_map in anomaly_maps]
+        return result
+
+    def score(self, images: np.ndarray, with_maps: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores ``(n,)`` float64 (higher = more anomalous) and, ``with_maps``, maps ``(n, h, w)`` at the image size.
+
+        The one scoring call behind ``predict`` and ``defectlab predict``;
+        ``with_maps`` needs a method that ``makes_maps`` (None otherwise).
+        """
+        if with_maps:
+            scores, anomaly_maps = self.scorer.score_images_with_maps(images)
+            return np.asarray(scores, dtype=np.float64), np.asarray(anomaly_maps)
+        return np.asarray(self.scorer.score_images(images), dtype=np.float64), None
+
+    def requested_map_size(self, params) -> int | None:
+        """The ``map_size`` that pyfunc ``params`` ask maps at, or None when they ask for none.
+
+        Raises `MlflowException` (HTTP 400) for an unknown key, a ``return_maps``
+        that is not a bool, a ``map_size`` that is not an integer from 1 to
+        `MAX_MAP_SIZE`, or ``return_maps`` true on a method that makes no maps.
+        """
+        if not params:
+            return None
+        if not isinstance(params, dict):
+            raise _invalid(f"params must be a mapping, got {type(params).__name__}")
+        unknown = sorted(set(map(str, params)) - set(MAP_PARAMS))
+        if unknown:
+            raise _invalid(f"unknown params {unknown}; known: {', '.join(MAP_PARAMS)}")
+        return_maps = params.get("return_maps", False)
+        if not isinstance(return_maps, (bool, np.bool_)):
+            raise _invalid(f"return_maps must be true or false, got {return_maps!r}")
+        map_size = params.get("map_size")
+        map_size = self.decoder.image_size if map_size is None else map_size
+        if isinstance(map_size, (bool, np.bool_)) or not isinstance(map_size, (int, np.integer)):
+            raise _invalid(f"map_size must be an integer, got {map_size!r}")
+        if not 1 <= map_size <= MAX_MAP_SIZE:
+            raise _invalid(f"map_size must be from 1 to {MAX_MAP_SIZE}, got {map_size}")
+        if not return_maps:
+            return None
+        if not self.method.makes_maps:
+            raise _invalid(
+                f"return_maps: the {self.bundle_config['method']} detector makes no anomaly maps"
+            )
+        return int(map_size)
 
 
 def detector_signature_and_example(image_size: int, grayscale: bool):
-    """MLflow signature (``image`` in; ``score``, ``is_anomaly`` out; param ``return_map``) and an input example."""
-    from mlflow.models import infer_signature
+    """MLflow signature and an input example of the ``detector`` pyfunc.
+
+    Inputs ``image``; outputs ``score``, ``is_anomaly``; params ``return_maps``
+    (boolean, default false) and ``map_size`` (long, default ``image_size``),
+    declared so that the scoring server passes them on to `DefectDetector.predict`
+    (MLflow drops params a signature does not declare, with a warning).
+    """
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ParamSchema, ParamSpec
 
     channels = 1 if grayscale else 3
     example_image = np.full((INPUT_EXAMPLE_SIZE, INPUT_EXAMPLE_SIZE, channels), 128, dtype=np.uint8)
@@ -149,8 +225,12 @@ def detector_signature_and_example(image_size: int, grayscale: bool):
         {IMAGE_COLUMN: [base64.b64encode(encode_png(example_image)).decode("ascii")]}
     )
     output_example = pd.DataFrame({"score": [0.0], "is_anomaly": [False]})
-    signature = infer_signature(input_example, output_example, params={"return_map": False})
-    return signature, input_example
+    columns = infer_signature(input_example, output_example)
+    params = ParamSchema([
+        ParamSpec("return_maps", "boolean", False),
+        ParamSpec("map_size", "long", int(image_size)),
+    ])
+    return ModelSignature(inputs=columns.inputs, outputs=columns.outputs, params=params), input_example
 
 
 def bundle_to_local_detector(bundle_dir: Path) -> DefectDetector:
@@ -195,3 +275,24 @@ def load_logged_detector(model_uri: str):
             f"{type(python_model).__name__})"
         )
     return pyfunc_model, python_model
+
+
+def load_detector(model_uri: str) -> DefectDetector:
+    """The `DefectDetector` behind a URI or a local folder.
+
+    ``model_uri`` is what `load_logged_detector` takes (``runs:/``,
+    ``models:/<name>/<version>``, ``models:/<name>@<alias>``, a downloaded
+    logged-model folder holding ``MLmodel``) or a bundle folder holding
+    ``detector.json`` (e.g. a recovery folder's ``bundle/``). Anything else
+    raises `DetectorUnavailableError` saying what it is not.
+    """
+    folder = Path(model_uri).expanduser()
+    if folder.is_dir():
+        if (folder / BUNDLE_CONFIG_FILE).is_file():
+            return bundle_to_local_detector(folder)
+        if not (folder / "MLmodel").is_file():
+            raise DetectorUnavailableError(
+                f"{model_uri} is not a defectlab detector: the folder holds neither "
+                f"{BUNDLE_CONFIG_FILE} (a detector bundle) nor MLmodel (a logged detector)"
+            )
+    return load_logged_detector(model_uri)[1]

@@ -274,3 +274,24 @@ def promote(
         client.set_registered_model_alias(model_name, CHAMPION_ALIAS, candidate_version)
     _record_decision(client, decision)
     return decision
+
+
+def version_of_model_uri(model_uri: str, client: MlflowClient | None = None) -> str:
+    """The registered version a ``models:/`` URI names (``models:/<name>/<version>``,
+    ``models:/<name>@<alias>``, ``models:/<name>/latest``); ``""`` for any other URI."""
+    if not model_uri.startswith("models:/"):
+        return ""
+    reference = model_uri[len("models:/"):].strip("/")
+    client = client or _client()
+    if "@" in reference:
+        model_name, alias = reference.split("@", 1)
+        try:
+            return str(client.get_model_version_by_alias(model_name, alias).version)
+        except MlflowException as error:
+            raise RegistryError(f"{model_uri}: {error.message}") from None
+    model_name, _, version = reference.rpartition("/")
+    if version.isdigit():
+        return version
+    if version == "latest":
+        return newest_version(model_name, client)
+    return ""
