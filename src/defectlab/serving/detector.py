@@ -150,7 +150,8 @@ class DefectDetector(mlflow.pyfunc.PythonModel):
         self.threshold = float(self.bundle_config["threshold"])
         return self
 
-    def predict(self, context, model_input, params=None):
+    # Type-hinted so MLflow knows the input is a DataFrame (and stops asking for hints in every run).
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         map_size = self.requested_map_size(params)  # bad params are refused before any decoding
         return self._predictions(decode_images(model_input, self.decoder), map_size)
 
