@@ -22,13 +22,15 @@ files. Layout: MVTec AD's (``ROOT/CATEGORY/train/good``, ``test/good``,
 ``test/<defect>``, ``ground_truth/<defect>/<name>_mask.png``).
 
 It then runs ``benchmarks/bench_quality.py`` on that folder (every variant
-there, plus its PCA + LOF pixel baseline) and writes its CSV. Asserts nothing.
+there, plus its PCA + LOF pixel baseline), writes its CSV and adds one more
+baseline row per category: a raw-pixel patch nearest-neighbour search (no
+network), for scale. Asserts nothing.
 
 Needs scikit-image: ``pip install -e ".[bench]"``.
 
 Run: ``python benchmarks/real_photos.py [--root /tmp/defectlab-real-photos] [--seed 0]
 [--variants patch-none,patch-self,metric,metric-pseudo,ssim] [--categories brick,grass,gravel]
-[--out benchmarks/results/quality-real-photos.csv] [--build-only] [--preview grid.png]``
+[--out benchmarks/results/quality-real-photos.csv] [--build-only | --raw-only] [--preview grid.png]``
 """
 
 from __future__ import annotations
@@ -241,6 +243,81 @@ def preview(root: Path, path: Path, categories=PHOTOS) -> None:
     _save(np.concatenate(tiles, axis=0), path)
 
 
+RAW_LABEL = "Raw-pixel patch NN (64 px, 5x5 patches)"
+
+
+def raw_patch_nn_row(root: Path, category: str, size: int = 64, patch: int = 5, bank_size: int = 40000) -> dict:
+    """The simplest localising baseline, for scale: nearest train patch of raw gray pixels, no network.
+
+    Every ``patch`` x ``patch`` window of a test image is scored by its distance
+    to the nearest window of the train images (a seeded sample of ``bank_size``);
+    the map puts that distance at the window's centre, the image score is the
+    map's maximum. Same images, split and metrics as the runs (seed 0).
+    """
+    import time
+
+    from numpy.lib.stride_tricks import sliding_window_view
+    from sklearn.neighbors import NearestNeighbors
+
+    from defectlab import data
+    from defectlab.evaluation import metrics
+
+    dataset = data.load_category(str(root), category, size, seed=0)
+    gray = dataset.images.astype(np.float32).mean(axis=-1) / 255.0
+
+    def windows(images: np.ndarray) -> np.ndarray:  # (n, size - patch + 1, same, patch * patch)
+        view = sliding_window_view(images, (patch, patch), axis=(1, 2))
+        return view.reshape(*view.shape[:3], patch * patch)
+
+    start = time.perf_counter()
+    bank = windows(gray[dataset.rows("train")]).reshape(-1, patch * patch)
+    bank = bank[np.random.default_rng(0).choice(len(bank), min(len(bank), bank_size), replace=False)]
+    search = NearestNeighbors(n_neighbors=1).fit(bank)
+    seconds = time.perf_counter() - start
+
+    def maps(rows: np.ndarray) -> np.ndarray:
+        query = windows(gray[rows])
+        distance = search.kneighbors(query.reshape(-1, patch * patch))[0].reshape(query.shape[:3])
+        return np.pad(distance, ((0, 0), (patch // 2, patch // 2), (patch // 2, patch // 2)), mode="edge")
+
+    test = dataset.rows("test")
+    labels = dataset.table["label"].to_numpy()[test]
+    test_maps = maps(test)
+    scores = test_maps.reshape(len(test_maps), -1).max(axis=1)
+    masks = data.load_masks(dataset.table[test], size)
+    threshold = metrics.threshold_from_good_scores(maps(dataset.rows("threshold")).reshape(-1, size * size).max(1))
+    tpr, tnr = metrics.rates_at_threshold(labels, scores, threshold)
+    return {"test_image_auroc": metrics.image_auroc(labels, scores),
+            "test_pixel_auroc": metrics.pixel_auroc(masks, test_maps), "test_aupro": metrics.aupro(masks, test_maps),
+            "test_tpr_tnr_best": metrics.best_tpr_tnr(labels, scores)["tpr_tnr_best"],
+            "test_tpr_at_val_threshold": tpr, "test_tnr_at_val_threshold": tnr, "train_seconds": seconds}
+
+
+def add_raw_baseline(csv_path: Path, root: Path, categories: list[str]) -> None:
+    """Insert the raw-pixel baseline's row after each category's PCA + LOF row of bench_quality's CSV; print it."""
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("bench_quality", Path(__file__).resolve().with_name("bench_quality.py"))
+    bench_quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_quality)
+    table = pd.read_csv(csv_path)
+    table = table[table["method"] != RAW_LABEL]  # --raw-only on a CSV that has it already
+    rows = []
+    for category in categories:
+        measured = raw_patch_nn_row(root, category)
+        raw = {"category": category, "method": RAW_LABEL,
+               **{bench_quality.COLUMNS[key]: measured.get(key, np.nan) for key in bench_quality.COLUMNS}}
+        own = table[table["category"] == category].to_dict("records")
+        rows += own[:1] + [raw] + own[1:]
+    rows += table[~table["category"].isin(categories)].to_dict("records")
+    result = pd.DataFrame(rows, columns=table.columns)
+    result.to_csv(csv_path, index=False)
+    print(f"\nwith the raw-pixel baseline ({csv_path}):\n")
+    print(bench_quality.markdown_table(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=str(Path(tempfile.gettempdir()) / "defectlab-real-photos"))
@@ -250,6 +327,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/quality-real-photos.csv")
     parser.add_argument("--build-only", action="store_true", help="write the folder, train nothing")
     parser.add_argument("--preview", default="", help="also write a PNG grid of examples here")
+    parser.add_argument("--raw-only", action="store_true",
+                        help="only add the raw-pixel baseline to an existing --out CSV (no training)")
     arguments = parser.parse_args()
 
     try:
@@ -271,7 +350,12 @@ def main() -> None:
                "--categories", ",".join(categories)]
     if arguments.out:
         command += ["--out", str(Path(arguments.out).resolve())]
-    raise SystemExit(subprocess.call(command))
+    if not arguments.raw_only:
+        returncode = subprocess.call(command)
+        if returncode:
+            raise SystemExit(returncode)
+    if arguments.out:
+        add_raw_baseline(Path(arguments.out).resolve(), root, categories)
 
 
 if __name__ == "__main__":
