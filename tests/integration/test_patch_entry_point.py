@@ -38,7 +38,7 @@ import mlflow, numpy as np, pandas as pd
 detector = mlflow.pyfunc.load_model(sys.argv[1])
 images = pd.DataFrame({"image": json.loads(sys.argv[2])})
 plain = detector.predict(images)
-with_maps = detector.predict(images, params={"return_map": True})
+with_maps = detector.predict(images, params={"return_maps": True})
 maps = np.asarray(with_maps["anomaly_map"].tolist())
 print(json.dumps({"scores": plain["score"].tolist(), "map_shape": list(maps.shape),
                   "map_maxima": maps.reshape(len(maps), -1).max(axis=1).tolist()}))

@@ -38,7 +38,7 @@ import mlflow, pandas as pd
 detector = mlflow.pyfunc.load_model(sys.argv[1])
 images = pd.DataFrame({"image": json.loads(sys.argv[2])})
 plain = detector.predict(images)
-with_maps = detector.predict(images.head(2), params={"return_map": True})
+with_maps = detector.predict(images.head(2), params={"return_maps": True})
 print(json.dumps({
     "scores": plain["score"].tolist(),
     "is_anomaly": plain["is_anomaly"].tolist(),

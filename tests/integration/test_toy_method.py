@@ -68,5 +68,5 @@ def test_a_registered_toy_method_goes_through_every_verb(toy_method, tracking_ur
     # serve: the pyfunc scores encoded images and returns maps
     detector = mlflow.pyfunc.load_model("models:/toy-carpet/1")
     paths = pd.read_csv(mlflow.MlflowClient().download_artifacts(run.info.run_id, "scores.csv"))["path"][:3]
-    served = detector.predict(pd.DataFrame({"image": list(paths)}), params={"return_map": True})
+    served = detector.predict(pd.DataFrame({"image": list(paths)}), params={"return_maps": True})
     assert len(served) == 3 and np.asarray(served["anomaly_map"][0]).shape == (64, 64)
