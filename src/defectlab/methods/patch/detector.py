@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.exceptions import NotFittedError
 
 from defectlab.methods.network_files import KERAS_FORMAT, load_network, save_network
 from defectlab.methods.patch.features import extract_patch_features
-from defectlab.methods.patch.memory_bank import PatchMemoryBank, gaussian_smooth_maps, upsample_maps
+from defectlab.methods.patch.memory_bank import (
+    PatchMemoryBank, gaussian_smooth_maps, not_fitted_error, upsample_maps,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -99,7 +100,7 @@ class PatchCoreDetector:
         anomalous patch (how common its nearest good patch is).
         """
         if not hasattr(self, "memory_bank_"):
-            raise NotFittedError("PatchCoreDetector is not fitted yet; call fit first")
+            raise not_fitted_error("PatchCoreDetector is not fitted yet; call fit first")
         image_size = images.shape[1]
         if len(images) == 0:
             return np.zeros(0), np.zeros((0, image_size, image_size), dtype=np.float32)
