@@ -116,18 +116,23 @@ def test_files_referenced_by_compose_exist(compose):
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
 def test_dockerfile_copies_existing_files_and_installs_existing_extras(dockerfile):
     text = dockerfile.read_text()
-    copies = re.findall(r"^COPY\s+(.+)$", text, flags=re.MULTILINE)
+    assert_copied_files_exist(dockerfile)
+    extras = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    installed = re.findall(r'"\.\[([a-z,]+)\]"', text)
+    assert installed, f"{dockerfile.name} does not pip install the project"
+    for group in installed:
+        assert set(group.split(",")) <= extras, f"{dockerfile.name}: extras {group}"
+
+
+def assert_copied_files_exist(dockerfile: Path) -> None:
+    """Every ``COPY`` source of ``dockerfile`` exists and is in the build context (not in .dockerignore)."""
+    copies = re.findall(r"^COPY\s+(.+)$", dockerfile.read_text(), flags=re.MULTILINE)
     assert copies
     for line in copies:
         *sources, _ = line.split()
         for source in sources:
             assert (REPO_ROOT / source).exists(), f"{dockerfile.name}: COPY {source}"
             assert not _docker_ignored(source), f"{dockerfile.name}: {source} is in .dockerignore"
-    extras = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
-    installed = re.findall(r'"\.\[([a-z,]+)\]"', text)
-    assert installed, f"{dockerfile.name} does not pip install the project"
-    for group in installed:
-        assert set(group.split(",")) <= extras, f"{dockerfile.name}: extras {group}"
 
 
 def _docker_ignored(path: str) -> bool:
@@ -235,3 +240,32 @@ def test_writable_worker_volumes_are_folders_the_image_user_owns(compose, worker
         source, target, *mode = volume.split(":")
         if mode != ["ro"]:
             assert target in owned, f"{worker}: {target} is not created for the image user in {dockerfile.name}"
+
+
+ONNX_DOCKERFILE = DOCKER_DIR / "Dockerfile.onnx"
+
+
+def test_onnx_serving_image_copies_existing_files_and_installs_no_tensorflow():
+    text = ONNX_DOCKERFILE.read_text()
+    assert re.search(r"^FROM python:3\.\d+-slim", text, flags=re.MULTILINE)
+    assert_copied_files_exist(ONNX_DOCKERFILE)
+    installs = re.findall(r"pip install ([^&\n]+)", text)
+    assert installs == ["-r /tmp/requirements-onnx.txt "], installs
+    requirements = (REPO_ROOT / "src/defectlab/serving/requirements-onnx.txt").read_text().lower()
+    assert "onnxruntime" in requirements
+    for heavy in ("tensorflow", "keras", "tf2onnx"):
+        assert not re.search(rf"^{heavy}", requirements, flags=re.MULTILINE), heavy
+
+
+def test_onnx_serving_image_serves_the_mounted_model_with_mlflow():
+    from mlflow.cli import cli
+
+    (command,) = re.findall(r"^CMD (\[.+\])$", ONNX_DOCKERFILE.read_text(), flags=re.MULTILINE)
+    arguments = yaml.safe_load(command)
+    assert arguments[:2] == ["mlflow", "models"]
+    models = cli.get_command(click.Context(cli), "models")
+    context = parse_click_command(models, arguments[2:])
+    assert context.params["model_uri"] == "/model"
+    assert context.params["env_manager"] == "local"
+    assert context.params["host"] == "0.0.0.0"
+    assert f"EXPOSE {context.params['port']}" in ONNX_DOCKERFILE.read_text()

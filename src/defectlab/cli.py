@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from defectlab.config import EvaluateConfig, PredictConfig, config_defaults
+from defectlab.config import EvaluateConfig, ExportConfig, PredictConfig, config_defaults
 from defectlab.errors import DefectlabError
 from defectlab.methods import all_methods
 from defectlab.tracking.registry import DEFAULT_PROMOTION_METRIC
@@ -271,6 +271,19 @@ def predict(**options) -> None:
             f"{result.errors} of {result.images} images could not be read (see "
             f"{result.out_dir / ERRORS_FILE}); pass --allow-errors to accept that"
         )
+
+
+@main.command()
+@config_options(ExportConfig)
+def export(**options) -> None:
+    """Export a detector to run without TensorFlow (ONNX + NumPy) into an MLflow model folder, checked for parity."""
+    from defectlab.serving.export import run_export
+
+    result = run_reporting_errors(run_export, run_reporting_errors(ExportConfig, **options))
+    click.echo(result.summary())
+    if result.run_id:
+        version = f", version {result.model_version}" if result.model_version else ""
+        click.echo(f"logged run {result.run_id}: {result.model_uri}{version}")
 
 
 @main.command()

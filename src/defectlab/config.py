@@ -179,6 +179,50 @@ class PredictConfig:
             raise ConfigError(f"progress_every must be at least 1, got {self.progress_every}")
 
 
+EXPORT_FORMATS = ("onnx",)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Exporting a detector to run without TensorFlow (``defectlab export``).
+
+    ``format`` is the export format (``onnx``: the networks as ONNX graphs,
+    the rest NumPy). ``out`` becomes an MLflow model folder; it must be new
+    or empty, or hold an earlier export and ``overwrite``. The parity check
+    scores the category's ``threshold`` split: the training run's
+    ``scores.csv`` rows of that split, or, when ``category`` is given (and
+    always for a detector folder without a run), that category of
+    ``data_dir`` split with ``seed``. ``register_as`` (a registered model
+    name) logs the export as a run's ``detector`` and registers it; ``log``
+    logs without registering.
+    """
+
+    model_uri: str = ""
+    format: str = "onnx"
+    out: str = ""
+    overwrite: bool = False
+    category: str = ""
+    data_dir: str = "synthetic"
+    seed: int = 0
+    register_as: str = ""
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first invalid setting."""
+        if self.format not in EXPORT_FORMATS:
+            raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {self.format!r}")
+        if not self.model_uri:
+            raise ConfigError(
+                "model_uri is required: runs:/<run_id>/detector, models:/<name>/<version>, "
+                "models:/<name>@champion or a detector folder"
+            )
+        if not self.out:
+            raise ConfigError("out is required: the folder to write the exported detector into")
+
+
 def config_defaults(config_class) -> dict:
     """Field name -> default value of a config dataclass (for click and MLproject)."""
     return {field.name: field.default for field in dataclasses.fields(config_class)}

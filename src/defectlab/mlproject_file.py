@@ -27,7 +27,7 @@ conda_env: conda.yaml
 entry_points:
 """
 # Entry points besides the methods' own, in the order they appear.
-OTHER_ENTRY_POINTS = ("tune", "evaluate", "predict", "compare", "promote", "synth")
+OTHER_ENTRY_POINTS = ("tune", "evaluate", "predict", "export", "compare", "promote", "synth")
 MAIN_ALIAS_OF = "metric"
 
 

@@ -135,10 +135,10 @@ def http_answer(url: str, body: bytes | None = None, content_type: str = "applic
 
 
 @contextlib.contextmanager
-def served_model(model_uri: str, folder: Path, tracking_uri: str):
+def served_model(model_uri: str, folder: Path, tracking_uri: str, environment: dict | None = None):
     """``mlflow models serve -m model_uri --env-manager local`` on a free port, until the block ends.
 
-    Yields ``base_url``, ``invocations`` (its URL), ``process`` and ``log_path`` (in ``folder``).
+    ``environment`` replaces `subprocess_environment` (e.g. one that blocks TensorFlow). Yields ``base_url``, ``invocations`` (its URL), ``process`` and ``log_path`` (in ``folder``).
     """
     port = free_port()
     log_path = Path(folder) / f"serve-{port}.log"
@@ -148,7 +148,8 @@ def served_model(model_uri: str, folder: Path, tracking_uri: str):
                 str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri,
                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
             ],
-            cwd=folder, env=subprocess_environment(tracking_uri), stdout=log, stderr=subprocess.STDOUT,
+            cwd=folder, env=environment or subprocess_environment(tracking_uri), stdout=log,
+            stderr=subprocess.STDOUT,
         )
     base_url = f"http://127.0.0.1:{port}"
     try:

@@ -82,6 +82,35 @@ def no_heatmap_panels(detector, images: np.ndarray) -> list:
 
 
 @dataclass(frozen=True)
+class OnnxExport:
+    """How a method's detector is exported without TensorFlow: its networks as ONNX graphs, the rest NumPy.
+
+    Attributes
+    ----------
+    write : callable
+        ``write(detector, folder) -> dict`` (needs TensorFlow and tf2onnx):
+        writes the detector's networks as ``.onnx`` files and its other state
+        as plain files into ``folder``; returns the JSON-able description that
+        ``load`` reads (the bundle's ``detector.json`` entries).
+    load : callable
+        ``load(folder, description) -> detector`` (onnxruntime, NumPy,
+        scikit-learn; no TensorFlow or Keras, at import or at call): a detector
+        with the same scoring methods and scores as the original.
+    """
+
+    write: Callable
+    load: Callable
+
+
+def onnx_network_export(load_detector: Callable) -> OnnxExport:
+    """The `OnnxExport` of a detector whose ``save(folder, network_format="onnx")`` writes its
+    networks as ONNX graphs and whose ``load_detector`` reads either kind of network file."""
+    return OnnxExport(
+        write=lambda detector, folder: detector.save(folder, network_format="onnx"), load=load_detector
+    )
+
+
+@dataclass(frozen=True)
 class Method:
     """One registered detection method.
 
@@ -125,6 +154,9 @@ class Method:
     run_label : callable or None
         ``run_label(tags, params) -> str``: a run's display name in comparisons
         (e.g. an ensemble's size); None means ``label``.
+    onnx_export : OnnxExport or None
+        How ``defectlab export --format onnx`` writes and serving reads its
+        detector without TensorFlow; None: the method cannot be exported.
     """
 
     name: str
@@ -142,6 +174,7 @@ class Method:
     heatmap_panels: Callable = no_heatmap_panels
     run_label: Callable | None = None
     check: Callable = lambda config: None
+    onnx_export: OnnxExport | None = None
 
     def score(self, detector, images: np.ndarray, evaluate_scores: Callable) -> RunScores:
         """The run's scores of ``images`` (the method's ``score_run``, or the default)."""

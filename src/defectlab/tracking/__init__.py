@@ -12,7 +12,7 @@
 
 from defectlab.tracking.artifacts import (
     DETECTOR_NAME, KERAS_MODEL_NAME, log_artifacts, log_detector, log_dict, log_evaluation,
-    log_figure, log_keras_model, log_table, log_text, register_model,
+    log_figure, log_keras_model, log_table, log_text, pinned_requirements, register_model, save_detector,
 )
 from defectlab.tracking.lineage import EVALUATION_CONTEXTS, TRAINING_CONTEXTS, log_dataset_inputs
 from defectlab.tracking.preflight import (
@@ -35,7 +35,7 @@ __all__ = [
     "child_run_ids", "end_run_by_id", "log_artifacts", "log_detector", "log_dict",
     "log_dataset_inputs", "log_evaluation", "log_figure", "log_keras_model", "log_metrics", "log_params", "log_table",
     "log_tags", "log_text", "prepare_tracking_store", "record_failed_run", "recovery_folder",
-    "register_model", "saving_locally_if_logging_fails", "search_experiment_runs",
+    "pinned_requirements", "register_model", "save_detector", "saving_locally_if_logging_fails", "search_experiment_runs",
     "set_run_tags", "sqlite_creation_lock", "tracked_run", "tracking_uri",
     "use_experiment_for_new_runs",
 ]

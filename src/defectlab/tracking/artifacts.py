@@ -89,33 +89,54 @@ def log_keras_model(model, name: str = KERAS_MODEL_NAME):
 
 
 def log_detector(
-    bundle_dir: Path, signature, input_example, name: str = DETECTOR_NAME
+    bundle_dir: Path, signature, input_example, name: str = DETECTOR_NAME,
+    pip_requirements: list[str] | None = None,
 ):
     """Log the ``detector`` pyfunc as models-from-code over a bundle folder of plain files.
 
     The package's own source travels in ``code_paths`` so the detector loads in
-    any process with MLflow, Keras and scikit-learn installed.
+    any process with MLflow, Keras and scikit-learn installed (for a bundle of
+    ONNX networks, pass their ``pip_requirements``: onnxruntime in place of
+    TensorFlow and Keras).
     """
+    return mlflow.pyfunc.log_model(
+        name=name, **_detector_model_arguments(bundle_dir, signature, input_example, pip_requirements)
+    )
+
+
+def save_detector(path: Path, bundle_dir: Path, signature, input_example,
+                  pip_requirements: list[str] | None = None) -> Path:
+    """`log_detector`'s model written as a local MLflow model folder ``path`` (no run); returns it."""
+    mlflow.pyfunc.save_model(
+        path=str(path), **_detector_model_arguments(bundle_dir, signature, input_example, pip_requirements)
+    )
+    return Path(path)
+
+
+def _detector_model_arguments(bundle_dir: Path, signature, input_example, pip_requirements) -> dict:
     import defectlab
 
     package_dir = Path(defectlab.__file__).resolve().parent
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=str(package_dir / "serving" / "detector_model.py"),
-        artifacts={"bundle": str(bundle_dir)},
-        code_paths=[str(package_dir)],
-        signature=signature,
-        input_example=input_example,
-        pip_requirements=_model_requirements(),
-    )
+    return {
+        "python_model": str(package_dir / "serving" / "detector_model.py"),
+        "artifacts": {"bundle": str(bundle_dir)},
+        "code_paths": [str(package_dir)],
+        "signature": signature,
+        "input_example": input_example,
+        "pip_requirements": _model_requirements() if pip_requirements is None else pip_requirements,
+    }
+
+
+def pinned_requirements(packages: list[str]) -> list[str]:
+    """``package==version`` of each installed package (the versions a logged model was made with)."""
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in packages]
 
 
 def _model_requirements() -> list[str]:
     """Pinned packages a logged model needs (the versions installed here)."""
-    from importlib.metadata import version
-
-    packages = ["mlflow", "tensorflow", "keras", "scikit-learn", "numpy", "pandas", "pillow"]
-    return [f"{package}=={version(package)}" for package in packages]
+    return pinned_requirements(["mlflow", "tensorflow", "keras", "scikit-learn", "numpy", "pandas", "pillow"])
 
 
 def register_model(model_uri: str, name: str):

@@ -13,6 +13,7 @@ registry itself says why a version is or is not serving.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -295,3 +296,31 @@ def version_of_model_uri(model_uri: str, client: MlflowClient | None = None) -> 
     if version == "latest":
         return newest_version(model_name, client)
     return ""
+
+
+def run_id_of_model_uri(model_uri: str, client: MlflowClient | None = None) -> str | None:
+    """The run that logged the model ``model_uri`` names, or None when it names none.
+
+    ``runs:/<run_id>/...``; a logged model's ``models:/<model_id>`` (what
+    MLflow 3 returns when a model is logged); a registered ``models:/`` URI's
+    version's run; a local logged-model folder's ``MLmodel`` ``run_id``
+    (None for a bundle folder).
+    """
+    if model_uri.startswith("runs:/"):
+        return model_uri[len("runs:/"):].strip("/").split("/", 1)[0] or None
+    if model_uri.startswith("models:/"):
+        client = client or _client()
+        reference = model_uri[len("models:/"):].strip("/")
+        if "/" not in reference and "@" not in reference:
+            try:
+                return client.get_logged_model(reference).source_run_id or None
+            except MlflowException as error:
+                raise RegistryError(f"{model_uri}: {error.message}") from None
+        model_name = reference.split("@", 1)[0] if "@" in reference else reference.rpartition("/")[0]
+        return _model_version(client, model_name, version_of_model_uri(model_uri, client)).run_id or None
+    mlmodel = Path(model_uri).expanduser() / "MLmodel"
+    if mlmodel.is_file():
+        from mlflow.models import Model
+
+        return Model.load(str(mlmodel)).run_id
+    return None

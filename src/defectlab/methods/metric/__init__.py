@@ -3,7 +3,8 @@ category from reference images, its pooled embeddings scored by LocalOutlierFact
 
 - `config`: `MetricConfig`;
 - `network`: the classifier and its embedding model;
-- `training`: reference set, training loop, `EmbeddingLOFDetector`;
+- `training`: reference set, training loop;
+- `detector`: `EmbeddingLOFDetector` (also the exported detector, on ONNX networks);
 - this module: the method's `METHOD` entry (prepare, fit, score, search space, pruning).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from defectlab.methods.base import FitResult, Method, PreparedRun, RunScores
+from defectlab.methods.base import FitResult, Method, PreparedRun, onnx_network_export, RunScores
 from defectlab.methods.metric.config import MetricConfig
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def score_run(detector, images, evaluate_scores) -> RunScores:
 
 
 def load_detector(folder, description):
-    from defectlab.methods.metric.training import EmbeddingLOFDetector
+    from defectlab.methods.metric.detector import EmbeddingLOFDetector
 
     return EmbeddingLOFDetector.load(folder, description)
 
@@ -211,6 +212,7 @@ METHOD = Method(
     score_run=score_run,
     run_label=run_label,
     check=check,
+    onnx_export=onnx_network_export(load_detector),
 )
 
 __all__ = ["METHOD", "MetricConfig"]

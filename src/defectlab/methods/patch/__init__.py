@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 
 from defectlab.config import ConfigError
-from defectlab.methods.base import FitResult, Method, PreparedRun
+from defectlab.methods.base import FitResult, Method, PreparedRun, onnx_network_export
 from defectlab.methods.patch.config import PatchConfig
 
 logger = logging.getLogger(__name__)
@@ -161,6 +161,7 @@ METHOD = Method(
     load_detector=load_detector,
     default_search_space=default_search_space,
     check=check,
+    onnx_export=onnx_network_export(load_detector),
 )
 
 __all__ = ["METHOD", "PatchConfig"]

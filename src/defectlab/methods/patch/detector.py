@@ -1,17 +1,26 @@
-"""The patch method's detector: backbone patch features, a coreset memory bank, anomaly maps."""
+"""The patch method's detector: backbone patch features, a coreset memory bank, anomaly maps.
+
+No Keras at import: everything after the network is NumPy, and an exported
+detector runs this class on its ONNX extractor.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-from sklearn.exceptions import NotFittedError
 
+from defectlab.methods.network_files import KERAS_FORMAT, load_network, save_network
 from defectlab.methods.patch.features import extract_patch_features
-from defectlab.methods.patch.memory_bank import PatchMemoryBank, gaussian_smooth_maps, upsample_maps
+from defectlab.methods.patch.memory_bank import (
+    PatchMemoryBank, gaussian_smooth_maps, not_fitted_error, upsample_maps,
+)
 
-EXTRACTOR_FILE = "patch_extractor.keras"
+if TYPE_CHECKING:
+    import keras
+
+EXTRACTOR_STEM = "patch_extractor"
 BANK_FILE = "memory_bank.npy"
 # PatchCore smooths its 224 px maps with sigma 4; the same blur relative to the image at other sizes.
 SMOOTHING_SIGMA_AT_224 = 4.0
@@ -91,7 +100,7 @@ class PatchCoreDetector:
         anomalous patch (how common its nearest good patch is).
         """
         if not hasattr(self, "memory_bank_"):
-            raise NotFittedError("PatchCoreDetector is not fitted yet; call fit first")
+            raise not_fitted_error("PatchCoreDetector is not fitted yet; call fit first")
         image_size = images.shape[1]
         if len(images) == 0:
             return np.zeros(0), np.zeros((0, image_size, image_size), dtype=np.float32)
@@ -118,13 +127,12 @@ class PatchCoreDetector:
     def bank_bytes(self) -> int:
         return int(self.memory_bank_.bank_.nbytes)
 
-    def save(self, folder: Path) -> dict:
-        """Write ``patch_extractor.keras`` and ``memory_bank.npy``; returns the JSON-able description."""
+    def save(self, folder: Path, network_format: str = KERAS_FORMAT) -> dict:
+        """Write the extractor (``patch_extractor.keras``, or ``.onnx``) and ``memory_bank.npy``; returns the description."""
         folder = Path(folder)
-        self.extractor.save(folder / EXTRACTOR_FILE)
         np.save(folder / BANK_FILE, self.memory_bank_.bank_, allow_pickle=False)
         return {
-            "extractor": EXTRACTOR_FILE,
+            "extractor": save_network(self.extractor, folder, EXTRACTOR_STEM, network_format),
             "memory_bank": BANK_FILE,
             "patch_size": int(self.patch_size),
             "feature_dim": int(self.feature_dim),
@@ -136,10 +144,13 @@ class PatchCoreDetector:
 
     @classmethod
     def load(cls, folder: Path, description: dict) -> "PatchCoreDetector":
-        """The detector saved by `save`: the bank is read back as saved (coreset ratio 1 keeps all)."""
+        """The detector saved by `save`: the bank is read back as saved (coreset ratio 1 keeps all).
+
+        An ``.onnx`` extractor loads without TensorFlow (`load_network`).
+        """
         folder = Path(folder)
         detector = cls(
-            keras.models.load_model(folder / description["extractor"], compile=False),
+            load_network(folder / description["extractor"]),
             patch_size=int(description["patch_size"]),
             feature_dim=int(description["feature_dim"]),
             coreset_ratio=1.0,

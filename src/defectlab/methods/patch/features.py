@@ -16,17 +16,21 @@ colour. This module
   reduced to fewer channels by adaptive average pooling, as PatchCore does.
 
 The arithmetic after the network is NumPy, so the features do not depend on
-the Keras backend.
+the Keras backend, and Keras is imported only to build an extractor: an
+exported detector runs the same code on its ONNX network without it.
 """
 
 from __future__ import annotations
 
 import numbers
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from defectlab.methods.patch.memory_bank import resize_bilinear
+
+if TYPE_CHECKING:
+    import keras
 
 # Chosen by measurement: random-init MobileNetV2 (alpha 0.5, seeds 0 and 1) at
 # 96 px on the synthetic carpet, leather, cable and capsule categories (val +
@@ -94,6 +98,8 @@ def patch_feature_extractor(backbone: keras.Model, layer_names: tuple[str, ...])
         ``layer_names`` empty, repeated, or naming a layer that does not exist
         or has no 4-D output; the message lists the valid names.
     """
+    import keras
+
     layer_names = tuple(layer_names) if not isinstance(layer_names, str) else (layer_names,)
     if not layer_names:
         raise ValueError("layer_names must name at least one backbone layer")

@@ -27,7 +27,6 @@ import numbers
 
 import numpy as np
 from scipy import ndimage
-from sklearn.exceptions import NotFittedError
 
 FLOAT32_BYTES = 4
 # Rows handled at once when projecting or taking norms: 16384 rows of 1024
@@ -40,6 +39,14 @@ DEFAULT_BANK_BATCH = 16384
 
 
 # Validation shared by the functions and the estimator
+
+
+def not_fitted_error(message: str) -> Exception:
+    """scikit-learn's `NotFittedError`, imported only when raised: serving the patch method needs no
+    scikit-learn otherwise, and importing it costs an exported detector's cold start a second."""
+    from sklearn.exceptions import NotFittedError
+
+    return NotFittedError(message)
 
 
 def _as_feature_matrix(features, name: str) -> np.ndarray:
@@ -393,7 +400,7 @@ class PatchMemoryBank:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "bank_"):
-            raise NotFittedError(
+            raise not_fitted_error(
                 f"this {type(self).__name__} is not fitted yet; call fit with good patch features first"
             )
 

@@ -3,13 +3,15 @@
 - `config`: `SSIMConfig`;
 - `architecture`: the layer table and the image sizes it accepts;
 - `network`: the Keras autoencoder;
-- `training`: loss, augmentation, maps, image score, `SSIMDetectorScorer`;
+- `training`: loss, augmentation, maps, `SSIMDetectorScorer`;
+- `region`: the image score of a map (NumPy);
+- `onnx_export`: the detector as one ONNX graph (reconstruction and map) and its scorer;
 - this module: the method's `METHOD` entry.
 """
 
 from __future__ import annotations
 
-from defectlab.methods.base import FitResult, Method, PreparedRun
+from defectlab.methods.base import FitResult, Method, OnnxExport, PreparedRun
 from defectlab.methods.ssim.config import SSIMConfig
 
 LABEL = "SSIM AE"
@@ -48,6 +50,18 @@ def load_detector(folder, description):
     from defectlab.methods.ssim.training import SSIMDetectorScorer
 
     return SSIMDetectorScorer.load(folder, description)
+
+
+def write_onnx(detector, folder) -> dict:
+    from defectlab.methods.ssim import onnx_export
+
+    return onnx_export.write(detector, folder)
+
+
+def load_onnx_detector(folder, description):
+    from defectlab.methods.ssim import onnx_export
+
+    return onnx_export.load(folder, description)
 
 
 def search_space() -> dict:
@@ -98,6 +112,7 @@ METHOD = Method(
     pruning_scorer=pruning_scorer,
     grayscale=lambda config: config.grayscale,
     heatmap_panels=heatmap_panels,
+    onnx_export=OnnxExport(write=write_onnx, load=load_onnx_detector),
 )
 
 __all__ = ["METHOD", "SSIMConfig"]

@@ -48,11 +48,14 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from scipy import ndimage
 
 from defectlab.methods.keras_training import RaiseOnNonFiniteLoss, make_optimizer
 from defectlab.methods.ssim.config import SSIMConfig
 from defectlab.methods.ssim.network import build_ssim_autoencoder
+# The image score is NumPy in a module of its own (exported detectors use it without TensorFlow).
+from defectlab.methods.ssim.region import (  # noqa: F401
+    MIN_DEFECT_AREA_FRACTION, largest_region_area, min_defect_area_for, region_score, region_scores,
+)
 from defectlab.data.synthetic import TEXTURE_CATEGORIES as SYNTHETIC_TEXTURE_CATEGORIES
 
 # Textures take any flip or 90-degree rotation; MVTec AD's other textures likewise.
@@ -62,7 +65,6 @@ OBJECT_MIN_CROP_FRACTION = 0.94
 SSIM_FILTER_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
-MIN_DEFECT_AREA_FRACTION = 0.001
 AUTOENCODER_FILE = "autoencoder.keras"
 
 
@@ -98,35 +100,40 @@ def gaussian_window(size: int, sigma: float = SSIM_FILTER_SIGMA) -> np.ndarray:
     return window / window.sum()
 
 
-def ssim_map(images_a, images_b, ssim_window: int, max_val: float = 1.0) -> tf.Tensor:
+def ssim_map(images_a, images_b, ssim_window: int, max_val: float = 1.0):
     """Per-pixel SSIM of two batches ``(n, h, w, c)``, same size as the input: ``(n, h, w)``.
 
     Local means, variances and covariance are Gaussian-weighted over
     ``ssim_window`` pixels; the images are reflected at the borders so every
     pixel has a full window. Channels are averaged.
+
+    Written with ``keras.ops``: called on arrays it computes eagerly (a
+    backend tensor), called on Keras tensors it builds layers, which is how
+    the exported detector carries the map inside its ONNX graph.
     """
-    images_a = tf.convert_to_tensor(images_a, dtype=tf.float32)
-    images_b = tf.convert_to_tensor(images_b, dtype=tf.float32)
+    images_a = keras.ops.cast(images_a, "float32")
+    images_b = keras.ops.cast(images_b, "float32")
     channels = images_a.shape[-1]
     half = ssim_window // 2
-    kernel = np.tile(gaussian_window(ssim_window)[:, :, np.newaxis, np.newaxis], (1, 1, channels, 1))
-    kernel = tf.constant(kernel, dtype=tf.float32)
+    kernel = np.tile(
+        gaussian_window(ssim_window)[:, :, np.newaxis, np.newaxis], (1, 1, channels, 1)
+    ).astype(np.float32)
     padding = [[0, 0], [half, half], [half, half], [0, 0]]
 
     def local_mean(images):
-        reflected = tf.pad(images, padding, mode="REFLECT")
-        return tf.nn.depthwise_conv2d(reflected, kernel, strides=[1, 1, 1, 1], padding="VALID")
+        reflected = keras.ops.pad(images, padding, mode="reflect")
+        return keras.ops.depthwise_conv(reflected, kernel, strides=1, padding="valid")
 
     c1 = (SSIM_K1 * max_val) ** 2
     c2 = (SSIM_K2 * max_val) ** 2
     mean_a, mean_b = local_mean(images_a), local_mean(images_b)
     mean_ab = mean_a * mean_b
-    mean_squares = tf.square(mean_a) + tf.square(mean_b)
+    mean_squares = keras.ops.square(mean_a) + keras.ops.square(mean_b)
     luminance = (2.0 * mean_ab + c1) / (mean_squares + c1)
     covariance_twice = 2.0 * (local_mean(images_a * images_b) - mean_ab)
-    variances = local_mean(tf.square(images_a) + tf.square(images_b)) - mean_squares
+    variances = local_mean(keras.ops.square(images_a) + keras.ops.square(images_b)) - mean_squares
     contrast_structure = (covariance_twice + c2) / (variances + c2)
-    return tf.reduce_mean(luminance * contrast_structure, axis=-1)
+    return keras.ops.mean(luminance * contrast_structure, axis=-1)
 
 
 def to_unit_range(images) -> tf.Tensor:
@@ -237,44 +244,6 @@ def train_ssim_autoencoder(
     return inference_autoencoder, history
 
 
-# Image score
-
-
-def min_defect_area_for(image_size: int) -> int:
-    """The minimum defect area in pixels: `MIN_DEFECT_AREA_FRACTION` of the image, at least 1."""
-    return max(1, round(MIN_DEFECT_AREA_FRACTION * image_size * image_size))
-
-
-def largest_region_area(anomaly_map: np.ndarray, level: float) -> int:
-    """Pixel count of the largest connected region (4-connected) of ``anomaly_map >= level``."""
-    regions, region_count = ndimage.label(anomaly_map >= level)
-    if region_count == 0:
-        return 0
-    return int(np.bincount(regions.ravel())[1:].max())
-
-
-def region_score(anomaly_map: np.ndarray, min_defect_area: int) -> float:
-    """Highest level ``t`` such that ``anomaly_map >= t`` holds a connected region of ``min_defect_area`` pixels.
-
-    With ``min_defect_area == 1`` this is the map's maximum. Found by binary
-    search over the map's distinct values (the largest region only grows as the
-    level falls).
-    """
-    levels = np.unique(anomaly_map)  # ascending
-    if min_defect_area > anomaly_map.size:
-        raise ValueError(
-            f"min_defect_area {min_defect_area} exceeds the map's {anomaly_map.size} pixels"
-        )
-    low, high = 0, len(levels) - 1  # levels[0] (everything) always qualifies
-    while low < high:
-        middle = (low + high + 1) // 2
-        if largest_region_area(anomaly_map, levels[middle]) >= min_defect_area:
-            low = middle
-        else:
-            high = middle - 1
-    return float(levels[low])
-
-
 class SSIMDetectorScorer:
     """Scores images with a trained SSIM autoencoder; higher = more anomalous.
 
@@ -316,17 +285,14 @@ class SSIMDetectorScorer:
             stop = start + self.batch_size
             similarity = ssim_map(to_unit_range(images[start:stop]), reconstructions[start:stop],
                                   self.ssim_window)
-            maps.append(1.0 - similarity.numpy())
+            maps.append(1.0 - keras.ops.convert_to_numpy(similarity))
         if not maps:
             return np.zeros(images.shape[:3], dtype=np.float32)
         return np.concatenate(maps).astype(np.float32)
 
     def scores_of_maps(self, anomaly_maps: np.ndarray) -> np.ndarray:
         """Image scores ``(n,)`` of anomaly maps ``(n, h, w)`` (`region_score`)."""
-        return np.array(
-            [region_score(anomaly_map, self.min_defect_area) for anomaly_map in anomaly_maps],
-            dtype=np.float64,
-        )
+        return region_scores(anomaly_maps, self.min_defect_area)
 
     def score_images_with_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores ``(n,)`` (higher = more anomalous) and anomaly maps ``(n, h, w)`` of ``uint8`` images."""
