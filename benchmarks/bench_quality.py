@@ -37,6 +37,8 @@ VARIANTS = {
         category=category, data_dir=data_dir, image_size=64, backbone="none")),
     "patch-self": ("Patch, self-trained backbone (64 px, 5 epochs)", lambda category, data_dir: PatchConfig(
         category=category, data_dir=data_dir, image_size=64, backbone="self", self_epochs=5)),
+    "patch-pixels": ("Patch, raw-pixel windows (64 px)", lambda category, data_dir: PatchConfig(
+        category=category, data_dir=data_dir, image_size=64, backbone="pixels")),
     "metric": ("L2-softmax, weights=none (96 px, 10 epochs)", lambda category, data_dir: MetricConfig(
         category=category, data_dir=data_dir, image_size=96, epochs=10, batch_size=32, weights="none")),
     "metric-pseudo": ("L2-softmax + 256 pseudo-defects (96 px, 10 epochs)", lambda category, data_dir: MetricConfig(

@@ -86,3 +86,42 @@ def test_a_random_backbone_is_seeded_so_runs_repeat():
     first, second = mobilenet_v2(config, None), mobilenet_v2(config, None)
     for first_weights, second_weights in zip(first.get_weights(), second.get_weights()):
         np.testing.assert_array_equal(first_weights, second_weights)
+
+
+def test_pixel_windows_are_the_raw_values_of_each_window():
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from defectlab.methods.patch.features import extract_layer_outputs, pixel_window_extractor
+
+    images = np.random.default_rng(1).integers(0, 256, size=(2, 16, 16, 3)).astype(np.uint8)
+    (windows,) = extract_layer_outputs(pixel_window_extractor(16, window=4, stride=2), images)
+    assert windows.shape == (2, 8, 8, 4 * 4 * 3)
+    # 'same' padding at stride 2 on 16 px pads one row and column before and two after.
+    padded = np.pad(images.astype(np.float64) / 255.0, ((0, 0), (1, 2), (1, 2), (0, 0)))
+    expected = sliding_window_view(padded, (4, 4), axis=(1, 2))[:, ::2, ::2]  # (n, 8, 8, 3, 4, 4)
+    expected = expected.transpose(0, 1, 2, 4, 5, 3).reshape(2, 8, 8, 48)
+    np.testing.assert_allclose(windows, expected, atol=1e-6)
+
+
+def test_the_pixels_backbone_finds_a_planted_dark_hole_and_reloads(tmp_path):
+    from defectlab.methods.patch.detector import PatchCoreDetector
+    from defectlab.methods.patch.features import pixel_window_extractor
+
+    rng = np.random.default_rng(2)
+    good = rng.integers(90, 140, size=(12, 64, 64, 3)).astype(np.uint8)
+    detector = PatchCoreDetector(pixel_window_extractor(64), patch_size=1).fit(good)
+    test = rng.integers(90, 140, size=(2, 64, 64, 3)).astype(np.uint8)
+    test[1, 40:46, 10:16] = 0
+    scores, maps = detector.score_images_with_maps(test)
+    assert scores[1] > 1.5 * scores[0]
+    row, column = np.unravel_index(np.argmax(maps[1]), maps[1].shape)
+    assert 36 <= row < 50 and 6 <= column < 20
+    reloaded = PatchCoreDetector.load(tmp_path, detector.save(tmp_path))
+    np.testing.assert_allclose(reloaded.score_images_with_maps(test)[0], scores, rtol=1e-5)
+
+
+def test_a_pixels_run_checks_its_memory_without_a_backbone(tiny_dataset_root, tracking_uri):
+    with pytest.raises(ConfigError, match=r"GiB.*of 108 features"):
+        run_training(PatchConfig(
+            data_dir=str(tiny_dataset_root), image_size=64, backbone="pixels", memory_limit_gib=1e-4,
+        ))

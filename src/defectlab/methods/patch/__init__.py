@@ -41,13 +41,16 @@ def check_layers_and_memory(config: PatchConfig, train_images: int) -> dict:
     """Refuse unknown layers, and a bank that would not fit in ``memory_limit_gib``, before any work.
 
     Builds an untrained backbone of the same architecture (no weights needed)
-    to read the layers' names and output shapes. Returns the memory estimate.
+    to read the layers' names and output shapes (``backbone=pixels``: its
+    window grid). Returns the memory estimate.
     """
     import keras
 
-    from defectlab.methods.patch.features import feature_layer_names
-    from defectlab.methods.patch.memory_bank import estimate_bank_bytes
+    from defectlab.methods.patch.features import PIXEL_STRIDE, PIXEL_WINDOW, feature_layer_names
 
+    if config.backbone == "pixels":
+        grid = -(-config.image_size // PIXEL_STRIDE)
+        return check_bank_memory(config, train_images, grid, grid, config.feature_dim or PIXEL_WINDOW ** 2 * 3)
     probe = keras.applications.MobileNetV2(
         input_shape=(config.image_size, config.image_size, 3), alpha=config.backbone_alpha,
         include_top=False, weights=None,
@@ -60,8 +63,15 @@ def check_layers_and_memory(config: PatchConfig, train_images: int) -> dict:
             f"{', '.join(name for name in valid if name.endswith('_add') or name.endswith('_relu'))}"
         )
     shapes = [probe.get_layer(name).output.shape for name in config.layer_names]
-    grid_height, grid_width = int(shapes[0][1]), int(shapes[0][2])
     feature_dim = config.feature_dim or sum(int(shape[-1]) for shape in shapes)
+    return check_bank_memory(config, train_images, int(shapes[0][1]), int(shapes[0][2]), feature_dim)
+
+
+def check_bank_memory(config: PatchConfig, train_images: int, grid_height: int, grid_width: int,
+                      feature_dim: int) -> dict:
+    """Refuse a bank of ``grid_height x grid_width`` patches per image that would exceed ``memory_limit_gib``."""
+    from defectlab.methods.patch.memory_bank import estimate_bank_bytes
+
     estimate = estimate_bank_bytes(train_images, grid_height, grid_width, feature_dim, config.coreset_ratio)
     needed = estimate["all_patches_bytes"] + estimate["coreset_selection_bytes"] + estimate["bank_bytes"]
     if needed > config.memory_limit_gib * GIB:
@@ -92,16 +102,14 @@ def prepare(config: PatchConfig, dataset) -> PreparedRun:
 
     def fit(epoch_callbacks: list) -> FitResult:
         from defectlab.methods.patch.detector import PatchCoreDetector
-        from defectlab.methods.patch.features import patch_feature_extractor
         from defectlab.tracking.callbacks import EpochMetricsLogger
 
         with tracking.Stopwatch() as train_watch:
             callbacks = [EpochMetricsLogger(), *epoch_callbacks] if source.trains else []
-            backbone = source.build(callbacks)
-            extractor = patch_feature_extractor(backbone, config.layer_names)
+            extractor = source.extractor(callbacks, config.layer_names)
         with tracking.Stopwatch() as fit_watch:
             detector = PatchCoreDetector(
-                extractor, patch_size=config.patch_size, feature_dim=config.feature_dim,
+                extractor, patch_size=source.patch_size(config.patch_size), feature_dim=config.feature_dim,
                 coreset_ratio=config.coreset_ratio, patch_neighbors=config.patch_neighbors,
                 seed=config.seed, batch_size=config.batch_size,
             ).fit(dataset.images_of("train"))

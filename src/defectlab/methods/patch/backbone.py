@@ -30,12 +30,27 @@ class BackboneSource:
     ``self``, the weights file's name or ``run:<run_id>``. ``build(callbacks)``
     returns a MobileNetV2 ``keras.Model`` that takes images scaled to [-1, 1];
     only ``self`` trains (and uses the Keras ``callbacks``, e.g. per-epoch logging).
-    ``trains`` says whether it does.
+    ``trains`` says whether it does. ``pixels`` has no backbone: its
+    ``build_extractor()`` makes the raw-pixel window extractor directly, whose
+    windows need no further neighbourhood averaging (``patch_size`` 1).
     """
 
     tag: str
-    build: Callable
+    build: Callable | None = None
     trains: bool = False
+    build_extractor: Callable | None = None
+
+    def extractor(self, callbacks: list, layer_names: tuple[str, ...]):
+        """The Keras feature extractor of this source (training the backbone first for ``self``)."""
+        from defectlab.methods.patch.features import patch_feature_extractor
+
+        if self.build_extractor is not None:
+            return self.build_extractor()
+        return patch_feature_extractor(self.build(callbacks), layer_names)
+
+    def patch_size(self, configured: int) -> int:
+        """The neighbourhood averaged per patch: the configured one, 1 for raw-pixel windows."""
+        return 1 if self.build_extractor is not None else configured
 
 
 def mobilenet_v2(config: PatchConfig, weights_path: str | None):
@@ -168,7 +183,7 @@ def check_weights_backbone(config: PatchConfig) -> tuple[str | None, str] | None
     """Resolve ``imagenet`` or a weights file (`resolve_backbone_weights`); None for the other kinds."""
     from defectlab.methods.backbones import resolve_backbone_weights
 
-    if config.backbone in ("self", "none") or config.backbone.startswith(("run:", "models:/")):
+    if config.backbone in ("self", "none", "pixels") or config.backbone.startswith(("run:", "models:/")):
         return None
     if not names_weights(config.backbone):
         raise ConfigError(f"backbone must be one of {BACKBONE_CHOICES}, got {config.backbone!r}")
@@ -181,6 +196,10 @@ def check_weights_backbone(config: PatchConfig) -> tuple[str | None, str] | None
 def resolve_backbone(config: PatchConfig, dataset) -> BackboneSource:
     """Check ``config.backbone`` and say how to build it (see the module docstring)."""
     backbone = config.backbone
+    if backbone == "pixels":
+        from defectlab.methods.patch.features import pixel_window_extractor
+
+        return BackboneSource(tag="pixels", build_extractor=lambda: pixel_window_extractor(config.image_size))
     if backbone == "self":
         return self_trained_backbone(config, dataset)
     if backbone.startswith("run:") or backbone.startswith("models:/"):

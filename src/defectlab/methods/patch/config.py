@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from defectlab.config import ConfigError, RunConfig
 
-BACKBONE_CHOICES = "imagenet, none, self, run:<run_id>, models:/<name>@<alias>, models:/<name>/<version> or a weights file"
+BACKBONE_CHOICES = (
+    "imagenet, none, self, pixels, run:<run_id>, models:/<name>@<alias>, models:/<name>/<version> or a weights file"
+)
 DEFAULT_FEATURE_LAYERS = "block_2_add,block_5_add"
 
 
@@ -18,7 +20,10 @@ class PatchConfig(RunConfig):
     (Keras's ImageNet weights), ``none`` (seeded random initialisation:
     no download; measured strong on the built-in dataset, unproven on real photographs), ``self`` (an L2-softmax network trained in the run to tell the
     target's good images from synthesised defects of them and from the
-    reference images; no download), ``run:<run_id>`` or ``models:/<name>@<alias>``
+    reference images; no download), ``pixels`` (no network: each 6 x 6 window
+    of raw RGB values at stride 2 is a patch; ``feature_layers`` and
+    ``patch_size`` do not apply; measured best offline on real photographs),
+    ``run:<run_id>`` or ``models:/<name>@<alias>``
     (the network of a finished L2-softmax run), or a path to a weights file.
     ``feature_layers`` are two (or more) comma-separated MobileNetV2 layer names,
     shallow first. ``feature_dim`` 0 keeps every channel. ``memory_limit_gib``
