@@ -719,9 +719,9 @@ def run_study(tune_config: TuneConfig, base_config, pruner: optuna.pruners.BaseP
             f"method={tune_config.method} needs a {method.config_class.__name__}, "
             f"got {type(base_config).__name__}"
         )
-    method.check(base_config)
     data_root = data.resolve_data_root(base_config.data_dir)
     search_space = resolve_search_space(tune_config, base_config, data_root)
+    method.check(base_config)  # weights files and downloads, before the dataset is read
     # Loaded once, before any run exists: a missing category fails here, not in every trial.
     grayscale = method.grayscale(base_config)
     dataset = data.load_category(
