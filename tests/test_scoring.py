@@ -59,3 +59,11 @@ def test_standardized_ensemble_average_hand_computed():
     np.testing.assert_allclose(combined, [(2.0 + 0.0) / 2, (0.0 + 2.0) / 2])
     with pytest.raises(ValueError):
         average_standardized_scores([[1.0]], [0.0, 1.0], [1.0])
+
+
+def test_the_pixel_baseline_repeats_on_wide_images():
+    # 40 images of 48x48x3 pixels: wide enough that scikit-learn's PCA picks its randomized solver.
+    rng = np.random.default_rng(5)
+    good, test = rng.random((40, 48, 48, 3)) * 255, rng.random((6, 48, 48, 3)) * 255
+    first = PCALOFScorer(n_components=8, seed=1).fit(good).anomaly_score(test)
+    np.testing.assert_array_equal(PCALOFScorer(n_components=8, seed=1).fit(good).anomaly_score(test), first)

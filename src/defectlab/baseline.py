@@ -26,7 +26,7 @@ def run_pixel_baseline(
     results = {}
     for category in categories or data.list_categories(root):
         dataset = data.load_category(root, category, image_size, grayscale=grayscale, seed=seed)
-        scorer = PCALOFScorer(n_components, lof_neighbors).fit(dataset.images_of("train"))
+        scorer = PCALOFScorer(n_components, lof_neighbors, seed=seed).fit(dataset.images_of("train"))
         test_set = dataset.table["split"].isin(["val", "test"]).to_numpy()
         labels = dataset.table["label"].to_numpy()[test_set]
         scores = scorer.anomaly_score(dataset.images[test_set])

@@ -76,6 +76,9 @@ class PCALOFScorer:
     n_components : int, default=32
         PCA components (capped at the number of fitted samples).
     n_neighbors : int, default=5
+    seed : int, default=0
+        Seeds PCA's randomized solver (scikit-learn picks it for wide pixel
+        matrices): unseeded, the same images gave image AUROCs 0.49 to 0.59.
 
     Attributes
     ----------
@@ -86,9 +89,10 @@ class PCALOFScorer:
     higher = more anomalous.
     """
 
-    def __init__(self, n_components: int = 32, n_neighbors: int = 5):
+    def __init__(self, n_components: int = 32, n_neighbors: int = 5, seed: int = 0):
         self.n_components = n_components
         self.n_neighbors = n_neighbors
+        self.seed = seed
 
     @staticmethod
     def _flatten(images) -> np.ndarray:
@@ -97,7 +101,8 @@ class PCALOFScorer:
 
     def fit(self, good_images) -> "PCALOFScorer":
         pixels = self._flatten(good_images)
-        self.pca_ = PCA(n_components=min(self.n_components, len(pixels) - 1, pixels.shape[1]))
+        self.pca_ = PCA(n_components=min(self.n_components, len(pixels) - 1, pixels.shape[1]),
+                        random_state=self.seed)
         self.pca_.fit(pixels)
         self.lof_scorer_ = LOFScorer(self.n_neighbors).fit(self.pca_.transform(pixels))
         return self
