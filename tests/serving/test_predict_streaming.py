@@ -58,3 +58,21 @@ def test_a_glob_and_a_single_file_are_inputs(tmp_path):
     assert list_input_images(str(tmp_path / "**" / "*.png")) == [str(tmp_path / "a/x.png"), str(tmp_path / "b.png")]
     assert list_input_images(str(tmp_path / "b.png")) == [str(tmp_path / "b.png")]
     assert list_input_images(str(tmp_path)) == [str(tmp_path / "a/x.png"), str(tmp_path / "a/y.JPG"), str(tmp_path / "b.png")]
+
+
+def test_an_overlay_draws_the_contour_on_the_border_of_the_region_above_the_threshold():
+    from defectlab.evaluation.figures import OVERLAY_CONTOUR_COLOUR, anomaly_overlay_image
+
+    image = np.full((64, 64, 3), 100, dtype=np.uint8)
+    anomaly_map = np.zeros((64, 64))
+    anomaly_map[20:30, 40:50] = 2.0  # above the threshold 1.0
+    overlay = anomaly_overlay_image(image, anomaly_map, threshold=1.0, title="x.png")
+    scale, title_height, gap = 4, 18, 8  # 64 px is enlarged to 256
+    assert overlay.shape == (title_height + 256, 2 * 256 + gap, 3)
+    right = overlay[title_height:, 256 + gap:]
+    contour = np.all(right == OVERLAY_CONTOUR_COLOUR, axis=-1)[::scale, ::scale]
+    expected = np.zeros((64, 64), bool)
+    expected[20:30, 40:50] = True
+    expected[21:29, 41:49] = False  # the border only
+    np.testing.assert_array_equal(contour, expected)
+    np.testing.assert_array_equal(overlay[title_height:, :256], 100)  # the input panel is the image itself

@@ -259,38 +259,56 @@ def heatmap_figure(
     return figure
 
 
-def anomaly_overlay_figure(image: np.ndarray, anomaly_map: np.ndarray, threshold: float, title: str) -> Figure:
+OVERLAY_MIN_SIDE = 256  # small images are enlarged (nearest neighbour) so a defect can be seen
+OVERLAY_ALPHA = 0.55
+OVERLAY_CONTOUR_COLOUR = (0, 255, 255)
+
+
+def anomaly_overlay_image(image: np.ndarray, anomaly_map: np.ndarray, threshold: float, title: str) -> np.ndarray:
     """The image beside its anomaly map laid over it, with the contour where the map reaches ``threshold``.
+
+    Drawn with NumPy and Pillow, not a Matplotlib figure: ``predict`` writes one
+    per flagged image and must keep up with the detector.
 
     Parameters
     ----------
     image : numpy.ndarray, uint8, (h, w, channels)
     anomaly_map : numpy.ndarray, float, (h, w)
         Higher = more anomalous, in the units of the detector's scores. The
-        colour scale runs from 0 to twice ``threshold`` (the threshold in its
-        middle), the same for every image, so overlays compare.
+        colour scale (inferno) runs from 0 to twice ``threshold`` (the
+        threshold in its middle), the same for every image, so overlays compare.
     threshold : float
-        The detector's image threshold, drawn as a contour on the map where
-        the map crosses it (no contour where it never does).
+        The detector's image threshold; the contour (cyan) is the border of
+        the region where the map is above it (none where it never is).
     title : str
-        Shown above the panels (e.g. the file name and score).
+        Written above the panels (e.g. the file name and score).
+
+    Returns
+    -------
+    numpy.ndarray, uint8, (title + scale * h, 2 * scale * w + gap, 3)
     """
-    grayscale = image.shape[-1] == 1
-    shown_image = image[..., 0] if grayscale else image
-    colour_map = "gray" if grayscale else None
+    from PIL import Image, ImageDraw
+
+    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
     map_limit = 2.0 * threshold if threshold > 0 else float(np.max(anomaly_map))
-    figure, (image_axes, map_axes) = plt.subplots(1, 2, figsize=(6.4, 3.6))
-    for axes in (image_axes, map_axes):
-        axes.imshow(shown_image, cmap=colour_map, vmin=0, vmax=255)
-        axes.axis("off")
-    image_axes.set_title("input", fontsize=9)
-    shown_map = map_axes.imshow(
-        anomaly_map, cmap="inferno", alpha=0.55, vmin=0.0, vmax=max(map_limit, 1e-12)
-    )
-    if np.min(anomaly_map) < threshold < np.max(anomaly_map):
-        map_axes.contour(anomaly_map, levels=[threshold], colors="cyan", linewidths=1.2)
-    map_axes.set_title(f"anomaly map, contour at threshold {threshold:.3g}", fontsize=9)
-    figure.colorbar(shown_map, ax=map_axes, fraction=0.046, pad=0.04)
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    return figure
+    scaled = np.clip(np.asarray(anomaly_map, dtype=np.float64) / max(map_limit, 1e-12), 0.0, 1.0)
+    coloured = plt.get_cmap("inferno")(scaled)[..., :3] * 255.0
+    blended = (1 - OVERLAY_ALPHA) * rgb.astype(np.float64) + OVERLAY_ALPHA * coloured
+    above = np.asarray(anomaly_map) > threshold
+    inside = above.copy()
+    inside[1:, :] &= above[:-1, :]
+    inside[:-1, :] &= above[1:, :]
+    inside[:, 1:] &= above[:, :-1]
+    inside[:, :-1] &= above[:, 1:]
+    blended[above & ~inside] = OVERLAY_CONTOUR_COLOUR
+    scale = max(1, -(-OVERLAY_MIN_SIDE // max(image.shape[:2])))
+    panels = [np.kron(panel.astype(np.uint8), np.ones((scale, scale, 1), np.uint8)) for panel in (rgb, blended)]
+    height, width = panels[0].shape[:2]
+    gap, title_height = 8, 18
+    canvas = np.full((title_height + height, 2 * width + gap, 3), 255, dtype=np.uint8)
+    canvas[title_height:, :width] = panels[0]
+    canvas[title_height:, width + gap:] = panels[1]
+    drawn = Image.fromarray(canvas)
+    ImageDraw.Draw(drawn).text((2, 3), f"{title}  (map: threshold {threshold:.3g}, contour)", fill=(0, 0, 0))
+    return np.asarray(drawn)
+

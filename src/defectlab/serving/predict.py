@@ -40,6 +40,7 @@ import queue
 import shutil
 import sys
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -274,11 +275,38 @@ def input_root_of(paths: list[str]) -> str:
 
 def write_overlay(path: Path, image: np.ndarray, anomaly_map: np.ndarray, score: float,
                   threshold: float, title: str) -> None:
+    from PIL import Image
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    figures.save_figure(
-        figures.anomaly_overlay_figure(image, anomaly_map, threshold, f"{title}  score {score:.4g}"),
-        path,
+    Image.fromarray(figures.anomaly_overlay_image(image, anomaly_map, threshold, f"{title}  score {score:.4g}")).save(
+        path, format="PNG", compress_level=1,
     )
+
+
+class OverlayWriter:
+    """Writes overlays in one background thread while the next batch is scored.
+
+    At most ``limit`` overlays wait (their images are copies, so the batch is
+    not kept alive), which bounds the memory; an error in a write is raised
+    by the next `submit` or by `close`.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.pending: list[Future] = []
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="overlays")
+
+    def submit(self, *arguments) -> None:
+        self.pending.append(self.pool.submit(write_overlay, *arguments))
+        while len(self.pending) > self.limit:
+            self.pending.pop(0).result()
+
+    def close(self) -> None:
+        try:
+            for future in self.pending:
+                future.result()
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 def summary_figure(top: list[tuple[float, int, str, np.ndarray]], threshold: float, scored: int):
@@ -342,7 +370,8 @@ def _predict_into(out_dir: Path, paths: list[str], detector: DefectDetector, con
     input_root = input_root_of(paths)
     scored = flagged = errors = 0
     most_anomalous: list[tuple[float, int, str, np.ndarray]] = []
-    with open(out_dir / PREDICTIONS_FILE, "w", newline="") as predictions_file, \
+    overlays = OverlayWriter(limit=config.batch_size)
+    with contextlib.closing(overlays), open(out_dir / PREDICTIONS_FILE, "w", newline="") as predictions_file, \
             open(out_dir / ERRORS_FILE, "w", newline="") as errors_file, \
             progress_reporter(len(paths), config.progress_every) as report:
         predictions = csv.writer(predictions_file)
@@ -360,9 +389,9 @@ def _predict_into(out_dir: Path, paths: list[str], detector: DefectDetector, con
                         (path, float(score), is_anomaly, threshold, config.model_uri, model_version)
                     )
                     if is_anomaly and makes_maps:
-                        write_overlay(
-                            overlay_path(out_dir, path, input_root), batch.images[index],
-                            anomaly_maps[index], float(score), threshold, Path(path).name,
+                        overlays.submit(
+                            overlay_path(out_dir, path, input_root), batch.images[index].copy(),
+                            anomaly_maps[index].copy(), float(score), threshold, Path(path).name,
                         )
                     flagged += is_anomaly
                     # (score, -order) is unique: the heap never compares images, and ties keep the earlier file.
