@@ -43,10 +43,20 @@ def forget_active_experiment(monkeypatch):
     outranks ``MLFLOW_EXPERIMENT_NAME``; a later test's fresh store has no
     experiment with that id. monkeypatch restores the variable's value from
     before the test, whatever the test set it to. (Private to MLflow: tests only.)
+    ``set_experiment`` also exports ``MLFLOW_EXPERIMENT_ID`` to the process
+    environment, where the next test's runs and child processes would find
+    it: it is removed again unless it was there before the test.
     """
+    import os
+
     import mlflow.tracking.fluent
 
     monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    exported_before = {name: os.environ.get(name) for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")}
+    yield
+    for name, value in exported_before.items():
+        if value is None:
+            os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="session")
@@ -127,7 +137,9 @@ def tiny_patch_store(tmp_path_factory, tiny_dataset_root, session_cache_dir):
 def use_tiny_patch_store(tiny_patch_store, monkeypatch):
     """MLflow pointed at `tiny_patch_store` for one test (new runs land there too)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_patch_store.uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    # An experiment id left by another test's store would not exist in this one.
+    for variable in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(variable, raising=False)
     mlflow.set_tracking_uri(tiny_patch_store.uri)
     mlflow.set_registry_uri(tiny_patch_store.uri)
     yield tiny_patch_store

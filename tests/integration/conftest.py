@@ -26,7 +26,10 @@ import pytest
 
 def subprocess_environment(tracking_uri: str) -> dict:
     """Environment of a ``defectlab``/``mlflow`` child process: this venv first on PATH, the given store, no run id."""
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_RUN")}
+    environment = {
+        key: value for key, value in os.environ.items()
+        if not key.startswith(("MLFLOW_RUN", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"))
+    }
     environment.update({
         "MLFLOW_TRACKING_URI": tracking_uri,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",

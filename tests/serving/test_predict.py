@@ -163,8 +163,10 @@ def test_log_records_a_run_tagged_with_the_model_uri(use_tiny_patch_store, new_i
     )
 
     assert result.exit_code == 0, result.output
+    # The store is shared by the session's tests: other predict runs may be there too.
     runs = mlflow.search_runs(
-        search_all_experiments=True, filter_string=f"tags.predicted_model = '{model_uri}'", output_format="list"
+        search_all_experiments=True, output_format="list",
+        filter_string=f"tags.predicted_model = '{model_uri}' and params.out = '{tmp_path / 'out'}'",
     )
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     run = runs[0]
