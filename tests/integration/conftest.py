@@ -28,7 +28,9 @@ def subprocess_environment(tracking_uri: str) -> dict:
     """Environment of a ``defectlab``/``mlflow`` child process: this venv first on PATH, the given store, no run id."""
     environment = {
         key: value for key, value in os.environ.items()
-        if not key.startswith(("MLFLOW_RUN", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"))
+        # A test may name the child's experiment (MLFLOW_EXPERIMENT_NAME); an id exported by an
+        # earlier test's mlflow.set_experiment belongs to another store.
+        if not key.startswith(("MLFLOW_RUN", "MLFLOW_EXPERIMENT_ID"))
     }
     environment.update({
         "MLFLOW_TRACKING_URI": tracking_uri,
