@@ -34,6 +34,8 @@ def subprocess_environment(tracking_uri: str) -> dict:
     }
     environment.update({
         "MLFLOW_TRACKING_URI": tracking_uri,
+        # mlflow.set_registry_uri exports MLFLOW_REGISTRY_URI: an earlier test's store would win.
+        "MLFLOW_REGISTRY_URI": tracking_uri,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "TF_CPP_MIN_LOG_LEVEL": "3",
     })
