@@ -36,7 +36,9 @@ from benchmark_utils import EpochTimer  # noqa: E402
 from defectlab import data
 from defectlab.methods.metric import training as metric_learning  # noqa: E402
 from defectlab.methods.metric import MetricConfig  # noqa: E402
-from defectlab.serving.detector import IMAGE_COLUMN, DefectDetector, encode_png, write_bundle  # noqa: E402
+from defectlab.data import ImageDecoder  # noqa: E402
+from defectlab.serving.bundle import write_bundle  # noqa: E402
+from defectlab.serving.detector import IMAGE_COLUMN, DefectDetector, encode_png  # noqa: E402
 from defectlab.runner import run_training  # noqa: E402
 from defectlab.methods.metric.network import build_l2_softmax_classifier, embedding_model  # noqa: E402
 
@@ -89,7 +91,8 @@ def inference_throughput(config, classifier, dataset, repeats: int = 3):
     good_embeddings = metric_learning.embed(embedder, dataset.images_of("train"))
     scorer = metric_learning.EmbeddingLOFDetector([embedder], [good_embeddings], config.lof_neighbors)
     with tempfile.TemporaryDirectory() as folder:
-        bundle = write_bundle(Path(folder) / "bundle", scorer, scorer.BUNDLE_METHOD, config.image_size, False, 1.0)
+        bundle = write_bundle(Path(folder) / "bundle", scorer, scorer.BUNDLE_METHOD,
+                              ImageDecoder(config.image_size, grayscale=False), 1.0)
         detector = DefectDetector().load_bundle(bundle)
         test_images = dataset.images[dataset.table["split"].isin(["val", "test"]).to_numpy()]
         request = pd.DataFrame({IMAGE_COLUMN: [encode_png(image) for image in test_images]})

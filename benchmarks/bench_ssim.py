@@ -31,7 +31,9 @@ from benchmark_utils import EpochTimer  # noqa: E402
 from defectlab import data
 from defectlab.methods.ssim import training as autoencoder  # noqa: E402
 from defectlab.methods.ssim import SSIMConfig  # noqa: E402
-from defectlab.serving.detector import IMAGE_COLUMN, bundle_to_local_detector, write_bundle  # noqa: E402
+from defectlab.data import ImageDecoder  # noqa: E402
+from defectlab.serving.bundle import write_bundle  # noqa: E402
+from defectlab.serving.detector import IMAGE_COLUMN, bundle_to_local_detector  # noqa: E402
 from defectlab.methods.keras_training import make_optimizer  # noqa: E402
 from defectlab.methods.ssim.network import build_ssim_autoencoder  # noqa: E402
 from defectlab.data.synthetic import SyntheticSpec, generate_dataset  # noqa: E402
@@ -139,8 +141,8 @@ def main() -> None:
             trained, config.ssim_window, autoencoder.min_defect_area_for(config.image_size)
         )
         detector = bundle_to_local_detector(
-            write_bundle(Path(folder) / "bundle", scorer, scorer.BUNDLE_METHOD, config.image_size,
-                         config.grayscale, threshold=0.5)
+            write_bundle(Path(folder) / "bundle", scorer, scorer.BUNDLE_METHOD,
+                         ImageDecoder(config.image_size, config.grayscale), threshold=0.5)
         )
         unit_images = test_images.astype(np.float32) / 255.0
         trained.predict(unit_images, batch_size=scorer.batch_size, verbose=0)  # warm-up
