@@ -163,6 +163,51 @@ def test_region_score_hand_computed():
     assert autoencoder.region_score(anomaly_map, 36) == pytest.approx(0.0)
 
 
+def reference_region_score(anomaly_map, min_defect_area):
+    """The rule read literally: the highest distinct value whose level set holds a large enough 4-connected region."""
+    from scipy import ndimage
+
+    for level in np.unique(anomaly_map)[::-1]:
+        regions, count = ndimage.label(anomaly_map >= level)
+        if count and np.bincount(regions.ravel())[1:].max() >= min_defect_area:
+            return float(level)
+    raise AssertionError("the lowest level always qualifies")
+
+
+def test_batched_region_scores_equal_the_rule_map_by_map():
+    # Maps of several shapes (thin ones too), with ties, smooth blobs and constants, scored
+    # as one batch: no region may join two maps and the search bounds must not cut the answer.
+    from scipy import ndimage
+
+    rng = np.random.default_rng(11)
+    for trial in range(60):
+        height, width = (int(side) for side in rng.integers(1, 16, 2))
+        maps = rng.random((int(rng.integers(1, 6)), height, width))
+        if trial % 3 == 0:
+            maps = np.round(maps, 1)
+        if trial % 4 == 0:
+            maps = ndimage.gaussian_filter(maps, (0, 1.5, 1.5))
+        if trial % 10 == 0:
+            maps[0] = 0.25
+        min_defect_area = int(rng.integers(1, height * width + 1))
+        expected = [reference_region_score(anomaly_map, min_defect_area) for anomaly_map in maps]
+        np.testing.assert_array_equal(autoencoder.region_scores(maps, min_defect_area), expected)
+
+
+def test_regions_of_neighbouring_maps_in_a_batch_stay_apart():
+    # Rows of 5 bright pixels: the first map's last row lies next to the second map's
+    # first row (maps stacked one under another) and on top of its last row (maps stacked
+    # as a volume). Each map has 6 or more bright pixels but no bright region of 6;
+    # joined across the batch either way they would make one of 10.
+    maps = np.zeros((2, 5, 5))
+    maps[0, -1, :] = 1.0
+    maps[0, 0, 0] = 1.0
+    maps[1, 0, :] = 1.0
+    maps[1, -1, :] = 1.0
+    np.testing.assert_array_equal(autoencoder.region_scores(maps, 6), [0.0, 0.0])
+    np.testing.assert_array_equal(autoencoder.region_scores(maps, 5), [1.0, 1.0])
+
+
 def test_score_above_threshold_is_exactly_a_large_enough_region_above_threshold():
     rng = np.random.default_rng(3)
     for _ in range(20):

@@ -1,10 +1,9 @@
 """The SSIM detector without TensorFlow: reconstruction and anomaly map in one ONNX graph, the image score in NumPy.
 
-`write` (TensorFlow, tf2onnx) builds a Keras model from ``uint8``-range
+`write` (TensorFlow, tf2onnx) exports the detector's own map network
+(`defectlab.methods.ssim.training.anomaly_map_network`: ``uint8``-range
 images to the autoencoder's reconstruction and the per-pixel ``1 - SSIM``
-map (the same `defectlab.methods.ssim.training.ssim_map`, written with
-``keras.ops``, so the map's arithmetic travels inside the graph) and exports
-it. `ExportedSSIMDetector` runs that graph with onnxruntime and turns the maps
+map, so the map's arithmetic travels inside the graph). `ExportedSSIMDetector` runs that graph with onnxruntime and turns the maps
 into image scores with `defectlab.methods.ssim.region` (NumPy, SciPy): this
 module imports neither TensorFlow nor Keras.
 """
@@ -21,26 +20,10 @@ from defectlab.methods.ssim.region import region_scores
 MAP_NETWORK_STEM = "anomaly_map_network"
 
 
-def anomaly_map_network(detector):
-    """Keras model: ``uint8``-range images ``(n, s, s, c)`` -> (reconstructions in [0, 1], maps ``(n, s, s)``)."""
-    import keras
-
-    from defectlab.methods.ssim.training import ssim_map
-
-    autoencoder = detector.autoencoder
-    images = keras.Input(shape=tuple(autoencoder.input_shape[1:]), name="images")
-    unit_images = images / 255.0  # `training.to_unit_range`
-    reconstructions = autoencoder(unit_images)
-    if isinstance(reconstructions, (list, tuple)):  # trained autoencoders keep Keras's list of one output
-        (reconstructions,) = reconstructions
-    anomaly_maps = 1.0 - ssim_map(unit_images, reconstructions, detector.ssim_window)
-    return keras.Model(images, [reconstructions, anomaly_maps], name="ssim_anomaly_map")
-
-
 def write(detector, folder: Path) -> dict:
     """Write ``anomaly_map_network.onnx``; returns the JSON-able description `load` reads."""
     return {
-        "anomaly_map_network": save_network(anomaly_map_network(detector), folder, MAP_NETWORK_STEM, ONNX_FORMAT),
+        "anomaly_map_network": save_network(detector.map_network, folder, MAP_NETWORK_STEM, ONNX_FORMAT),
         "ssim_window": int(detector.ssim_window),
         "min_defect_area": int(detector.min_defect_area),
     }

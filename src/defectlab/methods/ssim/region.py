@@ -2,14 +2,31 @@
 
 See `defectlab.methods.ssim.training` for the rule. Kept apart from the
 training code so that an exported detector scores without TensorFlow.
+
+`region_scores` scores a whole batch at once: every step of the search
+labels the connected regions of all the batch's maps in one
+``scipy.ndimage.label`` call (a 3-D structure that connects pixels within a
+map, never across maps), and the search starts between two bounds that
+usually leave only a few levels to try:
+
+- above: the ``min_defect_area``-th largest value of the map (a region of
+  that many pixels needs that many pixels at or above the level);
+- below: the best rectangle of at least ``min_defect_area`` pixels, i.e. the
+  maximum of the map's minimum filter over that rectangle (a rectangle is a
+  connected region, so its minimum is a level that qualifies).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy import ndimage
 
 MIN_DEFECT_AREA_FRACTION = 0.001
+# 4-connected within each map of a stack (n, h, w), nothing between maps.
+_STACK_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
+_STACK_STRUCTURE[1] = ndimage.generate_binary_structure(2, 1)
 
 
 def min_defect_area_for(image_size: int) -> int:
@@ -19,36 +36,84 @@ def min_defect_area_for(image_size: int) -> int:
 
 def largest_region_area(anomaly_map: np.ndarray, level: float) -> int:
     """Pixel count of the largest connected region (4-connected) of ``anomaly_map >= level``."""
-    regions, region_count = ndimage.label(anomaly_map >= level)
+    return int(largest_region_areas(np.asarray(anomaly_map)[np.newaxis], np.array([level]))[0])
+
+
+def largest_region_areas(anomaly_maps: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Largest connected region (4-connected) of ``anomaly_maps[i] >= levels[i]`` for each map: ``(n,)`` int."""
+    count = len(anomaly_maps)
+    above = anomaly_maps >= np.asarray(levels, dtype=anomaly_maps.dtype)[:, np.newaxis, np.newaxis]
+    regions, region_count = ndimage.label(above, structure=_STACK_STRUCTURE)
+    largest = np.zeros(count, dtype=np.int64)
     if region_count == 0:
-        return 0
-    return int(np.bincount(regions.ravel())[1:].max())
+        return largest
+    areas = np.bincount(regions.ravel(), minlength=region_count + 1)
+    # Labels are numbered in scan order, so map i owns labels last[i-1] + 1 .. last[i].
+    last = regions.reshape(count, -1).max(axis=1)
+    first = np.concatenate([[0], np.maximum.accumulate(last)[:-1]]) + 1
+    has_regions = last >= first
+    largest[has_regions] = np.maximum.reduceat(areas, first[has_regions])[: has_regions.sum()]
+    return largest
+
+
+def _rectangle_of_area(min_defect_area: int, height: int, width: int) -> tuple[int, int]:
+    """The most nearly square rectangle of at least ``min_defect_area`` pixels that fits the map."""
+    rows = min(height, max(1, math.isqrt(min_defect_area)))
+    columns = min(width, -(-min_defect_area // rows))
+    while rows * columns < min_defect_area:  # a thin map: grow the other side
+        rows = min(height, rows + 1)
+        columns = min(width, -(-min_defect_area // rows))
+    return rows, columns
+
+
+def region_scores(anomaly_maps: np.ndarray, min_defect_area: int) -> np.ndarray:
+    """`region_score` of each map ``(n, h, w)``: float64 ``(n,)``, higher = more anomalous.
+
+    Exact: a binary search over each map's sorted values, all maps in step.
+    """
+    anomaly_maps = np.asarray(anomaly_maps)
+    if anomaly_maps.ndim != 3:
+        raise ValueError(f"anomaly maps must have shape (n, h, w), got {anomaly_maps.shape}")
+    count, height, width = anomaly_maps.shape
+    pixels = height * width
+    if min_defect_area > pixels:
+        raise ValueError(f"min_defect_area {min_defect_area} exceeds the map's {pixels} pixels")
+    if count == 0:
+        return np.zeros(0, dtype=np.float64)
+    flat = anomaly_maps.reshape(count, pixels)
+    if min_defect_area == 1:
+        return flat.max(axis=1).astype(np.float64)
+    sorted_values = np.sort(flat, axis=1)  # ascending; the answer is one of them
+    rectangle = _rectangle_of_area(min_defect_area, height, width)
+    # The minimum over each placement of the rectangle; only placements wholly inside the map
+    # count (the filter centres its window, and one hanging over the edge would see padding).
+    window_minimum = ndimage.minimum_filter(anomaly_maps, size=(1, *rectangle), mode="nearest")
+    row_start, column_start = rectangle[0] // 2, rectangle[1] // 2
+    inside = window_minimum[
+        :, row_start:height - (rectangle[0] - 1 - row_start), column_start:width - (rectangle[1] - 1 - column_start)
+    ]
+    lower_bound = inside.reshape(count, -1).max(axis=1)
+    rows = np.arange(count)
+    # Positions in sorted_values: low always qualifies, high is the most that can.
+    low = np.array([np.searchsorted(sorted_values[i], lower_bound[i], side="left") for i in rows])
+    high = np.full(count, pixels - min_defect_area)
+    low = np.minimum(low, high)
+    while True:
+        searching = np.flatnonzero(low < high)
+        if len(searching) == 0:
+            break
+        middle = (low[searching] + high[searching] + 1) // 2
+        levels = sorted_values[searching, middle]
+        qualifies = largest_region_areas(anomaly_maps[searching], levels) >= min_defect_area
+        low[searching] = np.where(qualifies, middle, low[searching])
+        high[searching] = np.where(qualifies, high[searching], middle - 1)
+    return sorted_values[rows, low].astype(np.float64)
 
 
 def region_score(anomaly_map: np.ndarray, min_defect_area: int) -> float:
     """Highest level ``t`` such that ``anomaly_map >= t`` holds a connected region of ``min_defect_area`` pixels.
 
-    With ``min_defect_area == 1`` this is the map's maximum. Found by binary
-    search over the map's distinct values (the largest region only grows as the
-    level falls).
+    With ``min_defect_area == 1`` this is the map's maximum. The largest region
+    only grows as the level falls, so a binary search over the map's values finds it.
     """
-    levels = np.unique(anomaly_map)  # ascending
-    if min_defect_area > anomaly_map.size:
-        raise ValueError(
-            f"min_defect_area {min_defect_area} exceeds the map's {anomaly_map.size} pixels"
-        )
-    low, high = 0, len(levels) - 1  # levels[0] (everything) always qualifies
-    while low < high:
-        middle = (low + high + 1) // 2
-        if largest_region_area(anomaly_map, levels[middle]) >= min_defect_area:
-            low = middle
-        else:
-            high = middle - 1
-    return float(levels[low])
-
-
-def region_scores(anomaly_maps: np.ndarray, min_defect_area: int) -> np.ndarray:
-    """`region_score` of each map ``(n, h, w)``: float64 ``(n,)``, higher = more anomalous."""
-    return np.array(
-        [region_score(anomaly_map, min_defect_area) for anomaly_map in anomaly_maps], dtype=np.float64
-    )
+    return float(region_scores(np.asarray(anomaly_map)[np.newaxis], min_defect_area)[0])
