@@ -7,9 +7,11 @@ Training: images/s through the real on-the-fly augmentation pipeline
 SSIM map, region score), from decoded images and from image files, against
 the bare Keras network's ``predict``.
 
-Run: ``python benchmarks/bench_ssim.py --image-size 64 --augment-to 256 --epochs 3``
-(the first epoch of each fit is a warm-up and is not timed). Prints the
-figures and the ratios; asserts nothing.
+Run: ``python benchmarks/bench_ssim.py --image-size 64 --augment-to 1024 --rounds 15``.
+Each side is warmed up (graph compiled) once, then the two sides of each
+comparison run alternately, one epoch or one pass each per round, and the
+ratio is that of each side's fastest round (`benchmark_utils.paired_ratio`).
+Prints the figures and the ratios; asserts nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -27,7 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmark_utils import EpochTimer  # noqa: E402
+from benchmark_utils import paired_ratio  # noqa: E402
 from defectlab import data
 from defectlab.methods.ssim import training as autoencoder  # noqa: E402
 from defectlab.methods.ssim import SSIMConfig  # noqa: E402
@@ -49,39 +50,22 @@ def compiled_autoencoder(config: SSIMConfig, channels: int) -> keras.Model:
     return network
 
 
-def timed_images_per_second(fit, samples_per_epoch: int) -> float:
-    """Images/s over the epochs after the first (which compiles the graph)."""
-    timer = EpochTimer()
-    fit(timer)
-    return samples_per_epoch * len(timer.seconds[1:]) / sum(timer.seconds[1:])
-
-
-def best_of(repeats: int, function) -> float:
-    """Shortest wall-clock seconds of ``repeats`` calls of ``function``."""
-    durations = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        durations.append(time.perf_counter() - start)
-    return min(durations)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--augment-to", type=int, default=256)
+    parser.add_argument("--augment-to", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs + 1 warm-up")
+    parser.add_argument("--rounds", type=int, default=15, help="timed epochs / passes of each side")
     parser.add_argument("--latent-dim", type=int, default=100)
     parser.add_argument("--category", default="carpet")
     parser.add_argument("--count-scale", type=float, default=0.25)
-    parser.add_argument("--inference-images", type=int, default=128)
+    parser.add_argument("--inference-images", type=int, default=512)
     arguments = parser.parse_args()
-    if arguments.epochs < 2:
-        parser.error("--epochs must be at least 2 (the first is a warm-up)")
+    if arguments.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     config = SSIMConfig(
-        category=arguments.category, image_size=arguments.image_size, epochs=arguments.epochs,
+        category=arguments.category, image_size=arguments.image_size, epochs=1,
         batch_size=arguments.batch_size, augment_to=arguments.augment_to,
         latent_dim=arguments.latent_dim,
     )
@@ -99,18 +83,12 @@ def main() -> None:
         channels = good_images.shape[-1]
         print(f"{len(good_images)} good {config.category} images at {config.image_size} px, "
               f"augment_to={config.augment_to}, batch_size={config.batch_size}, "
-              f"{config.epochs - 1} timed epochs")
+              f"{arguments.rounds} rounds")
 
-        # Training: augmentation pipeline vs in-memory tensors
+        # Training: augmentation pipeline vs in-memory tensors, one epoch per round each
         pipeline_network = compiled_autoencoder(config, channels)
-        pipeline_rate = timed_images_per_second(
-            lambda timer: pipeline_network.fit(
-                autoencoder.augmented_dataset(
-                    good_images, config.category, config.augment_to, config.batch_size, config.seed
-                ),
-                epochs=config.epochs, callbacks=[timer], verbose=0,
-            ),
-            config.augment_to,
+        pipeline_batches = autoencoder.augmented_dataset(
+            good_images, config.category, config.augment_to, config.batch_size, config.seed
         )
         # The ceiling: augment_to float images already in memory, batched by tf.data, nothing computed.
         in_memory_images = np.resize(good_images, (config.augment_to, *good_images.shape[1:]))
@@ -120,15 +98,20 @@ def main() -> None:
             .map(lambda images: (images, images)).cache().prefetch(tf.data.AUTOTUNE)
         )
         in_memory_network = compiled_autoencoder(config, channels)
-        in_memory_rate = timed_images_per_second(
-            lambda timer: in_memory_network.fit(
-                in_memory_batches, epochs=config.epochs, callbacks=[timer], verbose=0,
-            ),
-            config.augment_to,
+
+        def pipeline_epoch():
+            pipeline_network.fit(pipeline_batches, epochs=1, verbose=0)
+
+        def in_memory_epoch():
+            in_memory_network.fit(in_memory_batches, epochs=1, verbose=0)
+
+        pipeline_epoch(), in_memory_epoch()  # warm-up: compiles each train step
+        pipeline_seconds, in_memory_seconds, training_ratio = paired_ratio(
+            pipeline_epoch, in_memory_epoch, arguments.rounds
         )
-        print(f"training  augmentation pipeline: {pipeline_rate:8.1f} images/s")
-        print(f"training  in-memory tensors:     {in_memory_rate:8.1f} images/s")
-        print(f"training  ratio pipeline / in-memory: {pipeline_rate / in_memory_rate:.2f}")
+        print(f"training  augmentation pipeline: {config.augment_to / pipeline_seconds:8.1f} images/s")
+        print(f"training  in-memory tensors:     {config.augment_to / in_memory_seconds:8.1f} images/s")
+        print(f"training  ratio pipeline / in-memory: {training_ratio:.2f}")
 
         # Inference: detector vs bare Keras network
         # Every scored image, repeated up to --inference-images so the timing is not a handful of calls.
@@ -145,19 +128,26 @@ def main() -> None:
                          ImageDecoder(config.image_size, config.grayscale), threshold=0.5)
         )
         unit_images = test_images.astype(np.float32) / 255.0
-        trained.predict(unit_images, batch_size=scorer.batch_size, verbose=0)  # warm-up
-        detector.predict_images(test_images)
         count = len(test_images)
-        bare_rate = count / best_of(3, lambda: trained.predict(unit_images, batch_size=scorer.batch_size, verbose=0))
-        detector_rate = count / best_of(3, lambda: detector.predict_images(test_images))
-        files_rate = count / best_of(
-            3, lambda: detector.predict(None, pd.DataFrame({IMAGE_COLUMN: test_paths}))
-        )
+
+        def bare():
+            trained.predict(unit_images, batch_size=scorer.batch_size, verbose=0)
+
+        def decoded():
+            detector.predict_images(test_images)
+
+        def files():
+            detector.predict(None, pd.DataFrame({IMAGE_COLUMN: test_paths}))
+
+        bare(), decoded(), files()  # warm-up
+        detector_seconds, bare_seconds, detector_ratio = paired_ratio(decoded, bare, arguments.rounds)
+        files_seconds, _, files_ratio = paired_ratio(files, bare, arguments.rounds)
+        bare_rate, detector_rate, files_rate = count / bare_seconds, count / detector_seconds, count / files_seconds
         print(f"inference bare Keras predict:            {bare_rate:8.1f} images/s ({count} images)")
         print(f"inference detector (decoded images):     {detector_rate:8.1f} images/s")
         print(f"inference detector (image files):        {files_rate:8.1f} images/s")
-        print(f"inference ratio detector / bare Keras:   {detector_rate / bare_rate:.2f}")
-        print(f"inference ratio detector files / bare:   {files_rate / bare_rate:.2f}")
+        print(f"inference ratio detector / bare Keras:   {detector_ratio:.2f}")
+        print(f"inference ratio detector files / bare:   {files_ratio:.2f}")
 
 
 if __name__ == "__main__":

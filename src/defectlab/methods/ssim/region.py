@@ -69,7 +69,8 @@ def _rectangle_of_area(min_defect_area: int, height: int, width: int) -> tuple[i
 def region_scores(anomaly_maps: np.ndarray, min_defect_area: int) -> np.ndarray:
     """`region_score` of each map ``(n, h, w)``: float64 ``(n,)``, higher = more anomalous.
 
-    Exact: a binary search over each map's sorted values, all maps in step.
+    Exact: a binary search over each map's values between the two bounds
+    (sorted; the rest of the map is never sorted), all maps in step.
     """
     anomaly_maps = np.asarray(anomaly_maps)
     if anomaly_maps.ndim != 3:
@@ -83,7 +84,6 @@ def region_scores(anomaly_maps: np.ndarray, min_defect_area: int) -> np.ndarray:
     flat = anomaly_maps.reshape(count, pixels)
     if min_defect_area == 1:
         return flat.max(axis=1).astype(np.float64)
-    sorted_values = np.sort(flat, axis=1)  # ascending; the answer is one of them
     rectangle = _rectangle_of_area(min_defect_area, height, width)
     # The minimum over each placement of the rectangle; only placements wholly inside the map
     # count (the filter centres its window, and one hanging over the edge would see padding).
@@ -93,10 +93,15 @@ def region_scores(anomaly_maps: np.ndarray, min_defect_area: int) -> np.ndarray:
         :, row_start:height - (rectangle[0] - 1 - row_start), column_start:width - (rectangle[1] - 1 - column_start)
     ]
     lower_bound = inside.reshape(count, -1).max(axis=1)
+    # The answer is one of the values from the lower bound up: only those are sorted (the
+    # `candidates` largest of each map, ascending), and positions below index into them.
+    at_or_above = np.count_nonzero(flat >= lower_bound[:, np.newaxis], axis=1)
+    candidates = int(max(at_or_above.max(), min_defect_area))
+    sorted_values = np.sort(np.partition(flat, pixels - candidates, axis=1)[:, pixels - candidates:], axis=1)
     rows = np.arange(count)
-    # Positions in sorted_values: low always qualifies, high is the most that can.
-    low = np.array([np.searchsorted(sorted_values[i], lower_bound[i], side="left") for i in rows])
-    high = np.full(count, pixels - min_defect_area)
+    # low always qualifies (the lower bound); high is the min_defect_area-th largest value.
+    low = candidates - at_or_above
+    high = np.full(count, candidates - min_defect_area)
     low = np.minimum(low, high)
     while True:
         searching = np.flatnonzero(low < high)

@@ -105,7 +105,7 @@ def ssim_map(images_a, images_b, ssim_window: int, max_val: float = 1.0):
 
     Local means, variances and covariance are Gaussian-weighted over
     ``ssim_window`` pixels; the images are reflected at the borders so every
-    pixel has a full window. Channels are averaged. The five local statistics'
+    pixel has a full window. Channels are averaged. The local statistics'
     inputs are stacked on the channel axis and filtered together, by the
     Gaussian's row and then its column (the window is separable: ``2 w``
     instead of ``w * w`` products per pixel).
@@ -120,17 +120,20 @@ def ssim_map(images_a, images_b, ssim_window: int, max_val: float = 1.0):
     channels = images_a.shape[-1]
     half = ssim_window // 2
     profile = gaussian_window(ssim_window)[half] / gaussian_window(ssim_window)[half].sum()
-    stacked = keras.ops.concatenate(
-        [images_a, images_b, images_a * images_b, keras.ops.square(images_a), keras.ops.square(images_b)],
+    padding = [[0, 0], [half, half], [half, half], [0, 0]]
+    # Reflecting the images first reflects their products too (fewer channels to pad).
+    images_a = keras.ops.pad(images_a, padding, mode="reflect")
+    images_b = keras.ops.pad(images_b, padding, mode="reflect")
+    stacked = keras.ops.concatenate(  # the variances are only ever used summed
+        [images_a, images_b, images_a * images_b, keras.ops.square(images_a) + keras.ops.square(images_b)],
         axis=-1,
     )
-    reflected = keras.ops.pad(stacked, [[0, 0], [half, half], [half, half], [0, 0]], mode="reflect")
-    row_kernel = np.tile(profile.reshape(1, -1, 1, 1), (1, 1, 5 * channels, 1)).astype(np.float32)
-    column_kernel = np.tile(profile.reshape(-1, 1, 1, 1), (1, 1, 5 * channels, 1)).astype(np.float32)
-    local = keras.ops.depthwise_conv(reflected, row_kernel, strides=1, padding="valid")
+    row_kernel = np.tile(profile.reshape(1, -1, 1, 1), (1, 1, 4 * channels, 1)).astype(np.float32)
+    column_kernel = np.tile(profile.reshape(-1, 1, 1, 1), (1, 1, 4 * channels, 1)).astype(np.float32)
+    local = keras.ops.depthwise_conv(stacked, row_kernel, strides=1, padding="valid")
     local = keras.ops.depthwise_conv(local, column_kernel, strides=1, padding="valid")
-    mean_a, mean_b, mean_ab_product, mean_a_square, mean_b_square = (
-        local[..., index * channels:(index + 1) * channels] for index in range(5)
+    mean_a, mean_b, mean_ab_product, mean_square_sum = (
+        local[..., index * channels:(index + 1) * channels] for index in range(4)
     )
 
     c1 = (SSIM_K1 * max_val) ** 2
@@ -139,7 +142,7 @@ def ssim_map(images_a, images_b, ssim_window: int, max_val: float = 1.0):
     mean_squares = keras.ops.square(mean_a) + keras.ops.square(mean_b)
     luminance = (2.0 * mean_ab + c1) / (mean_squares + c1)
     covariance_twice = 2.0 * (mean_ab_product - mean_ab)
-    variances = mean_a_square + mean_b_square - mean_squares
+    variances = mean_square_sum - mean_squares
     contrast_structure = (covariance_twice + c2) / (variances + c2)
     return keras.ops.mean(luminance * contrast_structure, axis=-1)
 
@@ -177,8 +180,11 @@ def augment_batch(images, seed, texture: bool) -> tf.Tensor:
 
     Returns float32 images in [0, 1]. ``seed`` is a shape-(2,) integer tensor;
     the same seed gives the same batch.
+
+    One ``crop_and_resize`` does the crop, the resize and both flips (a box
+    whose corners are swapped samples the crop mirrored); only the transpose
+    is a separate step, on the ``uint8`` images before anything is converted.
     """
-    images = to_unit_range(images)
     batch_size = tf.shape(images)[0]
     image_height, image_width = images.shape[1], images.shape[2]
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=5)
@@ -187,20 +193,18 @@ def augment_batch(images, seed, texture: bool) -> tf.Tensor:
         [batch_size, 1], seeds[0], minval=min_crop_fraction, maxval=1.0
     )
     crop_start = tf.random.stateless_uniform([batch_size, 2], seeds[1]) * (1.0 - crop_fraction)
-    boxes = tf.concat([crop_start, crop_start + crop_fraction], axis=1)
-    images = tf.image.crop_and_resize(
-        images, boxes, tf.range(batch_size), [image_height, image_width]
-    )
+    crop_end = crop_start + crop_fraction
     if texture:
         # Left-right flip, up-down flip and transpose, each with probability 1/2,
         # reach all eight flips and 90-degree rotations of a square.
-        flips = (
-            lambda x: tf.reverse(x, [2]), lambda x: tf.reverse(x, [1]),
-            lambda x: tf.transpose(x, [0, 2, 1, 3]),
-        )
-        for seed_index, flip in enumerate(flips, start=2):
-            chosen = tf.random.stateless_uniform([batch_size, 1, 1, 1], seeds[seed_index]) < 0.5
-            images = tf.where(chosen, flip(images), images)
+        flip = tf.random.stateless_uniform([batch_size, 2], seeds[2]) < 0.5  # (up-down, left-right)
+        crop_start, crop_end = tf.where(flip, crop_end, crop_start), tf.where(flip, crop_start, crop_end)
+        transposed = tf.random.stateless_uniform([batch_size, 1, 1, 1], seeds[3]) < 0.5
+        images = tf.where(transposed, tf.transpose(images, [0, 2, 1, 3]), images)
+    boxes = tf.concat([crop_start, crop_end], axis=1)  # (y1, x1, y2, x2)
+    images = tf.image.crop_and_resize(
+        images, boxes, tf.range(batch_size), [image_height, image_width]
+    ) / 255.0
     return tf.clip_by_value(images, 0.0, 1.0)
 
 
