@@ -246,3 +246,30 @@ def test_cli_reports_a_missing_category_before_opening_the_study(tmp_path, tiny_
     assert result.exit_code == 1
     assert "DatasetError" in result.output and "bottle" in result.output
     assert not (tmp_path / "optuna.db").exists()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped one, on purpose
+def test_a_ctrl_c_swallowed_by_a_finaliser_is_raised_again():
+    # Python drops an exception raised inside __del__ (TensorFlow objects have many):
+    # the worker must still stop at its next check instead of finishing its trial.
+    import gc
+    import os
+    import signal
+    import time
+
+    from defectlab.tuning import study as study_module
+
+    class InterruptedWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # the handler runs here, and its exception is dropped
+                pass
+
+    with study_module.kept_interrupts():
+        InterruptedWhileCollected()
+        gc.collect()
+        with pytest.raises(KeyboardInterrupt):
+            study_module.raise_if_interrupted()
+    study_module.raise_if_interrupted()  # outside the guard nothing is remembered
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

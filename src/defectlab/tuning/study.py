@@ -29,6 +29,8 @@ import dataclasses
 import logging
 import math
 import random
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -431,7 +433,11 @@ class TrialMonitor(keras.callbacks.Callback):
             tracking.log_tags({**self.run_tags, "trial_state": TrialState.RUNNING.name})
             self.trial.set_user_attr("mlflow_run_id", self.run_id)
 
+    def on_train_batch_end(self, batch, logs=None):
+        raise_if_interrupted()
+
     def on_epoch_end(self, epoch, logs=None):
+        raise_if_interrupted()
         self.epochs_done += 1
         last_epoch_of_fit = epoch + 1 >= self.params.get("epochs", math.inf)
         if not self.pruning_interval or self.score_validation is None or last_epoch_of_fit:
@@ -575,6 +581,45 @@ class StudyObjective:
             logger.warning("could not tag the MLflow run of trial %d: %s", trial.number, error)
 
 
+class _CtrlC:
+    """Whether Ctrl-C was pressed while this worker ran (`kept_interrupts`)."""
+
+    requested = False
+
+
+def raise_if_interrupted() -> None:
+    """Raise `KeyboardInterrupt` again if Ctrl-C was pressed and its first one got lost."""
+    if _CtrlC.requested:
+        raise KeyboardInterrupt("Ctrl-C")
+
+
+@contextlib.contextmanager
+def kept_interrupts():
+    """Ctrl-C raises `KeyboardInterrupt` as usual and is also remembered.
+
+    Python raises it wherever the main thread happens to be; when that is a
+    finaliser (``__del__``, which TensorFlow's tensors and iterators have
+    plenty of) the exception is printed and dropped, and the worker went on to
+    finish its trial and exit 0. The trial monitor and the worker loop call
+    `raise_if_interrupted`, so the interrupt takes effect at the next batch.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def remember_and_raise(signal_number, frame):
+        _CtrlC.requested = True
+        raise KeyboardInterrupt
+
+    _CtrlC.requested = False
+    previous = signal.signal(signal.SIGINT, remember_and_raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _CtrlC.requested = False
+
+
 def run_worker_trials(study: optuna.Study, objective: StudyObjective, tune_config: TuneConfig) -> None:
     """Run trials until the study (all workers) has ``n_trials`` done, or ``timeout`` passes.
 
@@ -582,9 +627,15 @@ def run_worker_trials(study: optuna.Study, objective: StudyObjective, tune_confi
     the running trials of other workers would complete the count, this worker
     waits for them: if one of them dies, its retry still gets run.
     """
+    with kept_interrupts():
+        _run_worker_trials(study, objective, tune_config)
+
+
+def _run_worker_trials(study: optuna.Study, objective: StudyObjective, tune_config: TuneConfig) -> None:
     start = time.monotonic()
     consecutive_failures, last_reason = 0, ""
     while True:
+        raise_if_interrupted()
         if tune_config.timeout and time.monotonic() - start >= tune_config.timeout:
             logger.info("timeout of %.0f s reached; no new trial is started", tune_config.timeout)
             return
@@ -608,6 +659,7 @@ def run_worker_trials(study: optuna.Study, objective: StudyObjective, tune_confi
             # grace_period), failed the trial and enqueued its retry: carry on.
             logger.warning("this worker's trial was failed by another worker: %s", error)
             continue
+        raise_if_interrupted()
         if not finished or finished[-1].user_attrs.get("surplus"):
             continue
         trial = finished[-1]
