@@ -92,12 +92,11 @@ def training_loss(loss: str, ssim_window: int):
     raise ValueError(f"unknown loss {loss!r}; choose ssim or l2")
 
 
-def gaussian_window(size: int, sigma: float = SSIM_FILTER_SIGMA) -> np.ndarray:
-    """Normalised 2-D Gaussian window ``(size, size)``, the one ``tf.image.ssim`` uses."""
+def gaussian_profile(size: int, sigma: float = SSIM_FILTER_SIGMA) -> np.ndarray:
+    """Normalised 1-D Gaussian ``(size,)``; its outer product with itself is ``tf.image.ssim``'s 2-D window."""
     coordinates = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
     profile = np.exp(-(coordinates**2) / (2.0 * sigma**2))
-    window = np.outer(profile, profile)
-    return window / window.sum()
+    return profile / profile.sum()
 
 
 def ssim_map(images_a, images_b, ssim_window: int, max_val: float = 1.0):
@@ -119,7 +118,7 @@ def ssim_map(images_a, images_b, ssim_window: int, max_val: float = 1.0):
     images_b = keras.ops.cast(images_b, "float32")
     channels = images_a.shape[-1]
     half = ssim_window // 2
-    profile = gaussian_window(ssim_window)[half] / gaussian_window(ssim_window)[half].sum()
+    profile = gaussian_profile(ssim_window)
     padding = [[0, 0], [half, half], [half, half], [0, 0]]
     # Reflecting the images first reflects their products too (fewer channels to pad).
     images_a = keras.ops.pad(images_a, padding, mode="reflect")
@@ -296,11 +295,12 @@ class SSIMDetectorScorer:
         self.ssim_window = ssim_window
         self.min_defect_area = min_defect_area
         self.batch_size = batch_size
+        self._map_network = None
 
     @property
     def map_network(self) -> keras.Model:
         """`anomaly_map_network` of this detector (built on first use)."""
-        if getattr(self, "_map_network", None) is None:
+        if self._map_network is None:
             self._map_network = anomaly_map_network(self.autoencoder, self.ssim_window)
         return self._map_network
 
@@ -326,10 +326,12 @@ class SSIMDetectorScorer:
         """
         if reconstructions is None:
             return self._network_outputs(images)[1]
-        if len(images) == 0:
-            return np.zeros(images.shape[:3], dtype=np.float32)
-        similarity = ssim_map(to_unit_range(images), reconstructions, self.ssim_window)
-        return (1.0 - keras.ops.convert_to_numpy(similarity)).astype(np.float32)
+        maps = [np.zeros((0, *images.shape[1:3]), dtype=np.float32)]
+        for start in range(0, len(images), self.batch_size):  # a batch at a time: bounded memory
+            stop = start + self.batch_size
+            similarity = ssim_map(to_unit_range(images[start:stop]), reconstructions[start:stop], self.ssim_window)
+            maps.append((1.0 - keras.ops.convert_to_numpy(similarity)).astype(np.float32))
+        return np.concatenate(maps)
 
     def scores_of_maps(self, anomaly_maps: np.ndarray) -> np.ndarray:
         """Image scores ``(n,)`` of anomaly maps ``(n, h, w)`` (`region_score`)."""
