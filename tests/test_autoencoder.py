@@ -266,6 +266,29 @@ def test_scorer_scores_and_maps_and_round_trips_through_a_bundle(tmp_path):
     np.testing.assert_allclose(reloaded.score_images(images), scores, rtol=1e-6)
 
 
+
+def test_streamed_batches_keep_each_image_with_its_own_score_and_map():
+    # Batches of 2 over 5 images: the next batch is computed while this one's regions are searched.
+    network = build_ssim_autoencoder(IMAGE_SIZE, channels=1, latent_dim=8)
+    scorer = autoencoder.SSIMDetectorScorer(network, ssim_window=11, min_defect_area=4, batch_size=2)
+    images = (np.random.default_rng(8).random((5, IMAGE_SIZE, IMAGE_SIZE, 1)) * 255).astype(np.uint8)
+    images[3, 4:12, 4:12] = 255  # one image unlike the others
+    scores, anomaly_maps = scorer.score_images_with_maps(images)
+    one_by_one = [scorer.score_images_with_maps(images[index:index + 1]) for index in range(5)]
+    np.testing.assert_allclose(scores, [score for (score,), _ in one_by_one], rtol=1e-6)
+    np.testing.assert_allclose(anomaly_maps, np.concatenate([maps for _, maps in one_by_one]), atol=1e-6)
+    from_reconstructions = scorer.anomaly_maps(images, reconstructions=scorer.reconstruct(images))
+    np.testing.assert_allclose(anomaly_maps, from_reconstructions, atol=1e-5)
+    assert scorer.score_images(images[:0]).shape == (0,)
+
+
+def test_scorer_refuses_images_that_are_not_uint8():
+    network = build_ssim_autoencoder(IMAGE_SIZE, channels=1, latent_dim=8)
+    scorer = autoencoder.SSIMDetectorScorer(network, ssim_window=11, min_defect_area=4)
+    unit_images = np.random.default_rng(9).random((2, IMAGE_SIZE, IMAGE_SIZE, 1)).astype(np.float32)
+    with pytest.raises(TypeError, match="uint8"):
+        scorer.score_images(unit_images)
+
 @pytest.mark.training
 def test_training_lowers_the_ssim_loss():
     rng = np.random.default_rng(6)
