@@ -179,6 +179,19 @@ def test_non_square_images_warn_once_with_the_sizes_seen(tmp_path, caplog):
     assert "64x48" in warnings[0] and "resize=center_crop or pad" in warnings[0]
 
 
+def test_the_sizes_behind_the_warning_are_read_from_the_cache_the_second_time(tmp_path, caplog, monkeypatch):
+    write_category(tmp_path / "set", [(64, 48)] * 6 + [(48, 48)] * 2)
+    data.load_category(tmp_path / "set", "widgets", 32, cache_dir=tmp_path / "cache")
+
+    def no_header_reads(path):
+        raise AssertionError(f"header of {path} read again")
+
+    monkeypatch.setattr("defectlab.data.layout.upright_size", no_header_reads)
+    with caplog.at_level(logging.WARNING, logger="defectlab.data.layout"):
+        data.load_category(tmp_path / "set", "widgets", 32, cache_dir=tmp_path / "cache")
+    assert [record for record in caplog.records if "12 of 14 images are not square" in record.getMessage()]
+
+
 def test_square_images_do_not_warn(tmp_path, caplog):
     write_category(tmp_path / "set", [(48, 48)] * 8)
     with caplog.at_level(logging.WARNING, logger="defectlab.data.layout"):
@@ -202,6 +215,26 @@ def test_skip_leaves_unreadable_images_out_and_lists_them(tmp_path):
         assert dataset.skipped["reason"].str.contains("not a readable").all()
         assert not dataset.table["path"].str.contains("broken").any()
         assert len(dataset.images) == len(dataset.table) == 8 + 6
+
+
+def test_skip_decodes_each_file_once_on_a_first_load_and_loads_the_same_images(tmp_path, monkeypatch):
+    write_category(tmp_path / "set", [(48, 48)] * 8, unreadable=2)
+    decoded_paths = []
+    decode = ImageDecoder.decode
+
+    def counting_decode(self, source):
+        decoded_paths.append(str(source))
+        return decode(self, source)
+
+    monkeypatch.setattr(ImageDecoder, "decode", counting_decode)
+    skipping = data.load_category(tmp_path / "set", "widgets", 32, cache_dir=tmp_path / "cache",
+                                  on_bad_image="skip")
+    assert len(decoded_paths) == len(set(decoded_paths)) == 8 + 6 + 2  # every file once, the broken ones too
+    for broken in ("broken_0.png", "broken_1.png"):  # and read for the images they are not
+        (tmp_path / "set" / "widgets" / "train" / "good" / broken).unlink()
+    plain = data.load_category(tmp_path / "set", "widgets", 32)  # no cache: decoded afresh
+    assert plain.table["path"].tolist() == skipping.table["path"].tolist()
+    np.testing.assert_array_equal(plain.images, skipping.images)
 
 
 def test_an_unknown_bad_image_policy_is_refused(tmp_path):

@@ -263,11 +263,15 @@ def load_images(
     grayscale: bool = False,
     cache_dir: Path | None = None,
     resize: str = "stretch",
+    decoded: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Decode ``paths`` through the one `ImageDecoder` to ``uint8`` arrays, via the on-disk cache.
 
     Grayscale, palette, RGBA, 16-bit and float files are converted to the
     requested mode; ``resize`` says how non-square images become square.
+    ``decoded`` holds arrays of some of the paths already decoded with the
+    same settings (by `unreadable_images`): on a cache miss they are used
+    instead of decoding those files a second time.
 
     Returns
     -------
@@ -275,38 +279,52 @@ def load_images(
     """
     paths = [str(path) for path in paths]
     decoder = ImageDecoder(image_size, grayscale, resize=resize)
+    decoded = decoded or {}
     if not paths:
         return decoder.empty_batch()
 
+    def image_of(path: str) -> np.ndarray:
+        return decoded[path] if path in decoded else _decode_image(path, decoder)
+
     def decode_all() -> np.ndarray:
-        return np.stack(_in_parallel(lambda path: _decode_image(path, decoder), paths))
+        return np.stack(_in_parallel(image_of, paths))
 
     key = cache_key("images", paths, image_size, grayscale, resize)
     return cached_array(key, cache_dir, decode_all)
 
 
-def unreadable_images(paths: list[str], decoder: ImageDecoder, cache_dir: Path | None = None) -> pd.DataFrame:
+def unreadable_images(paths: list[str], decoder: ImageDecoder, cache_dir: Path | None = None,
+                      decoded: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """The files of ``paths`` that ``decoder`` cannot read: columns ``path, reason``.
 
     Which files are readable is cached (keyed like the images), so only the
     unreadable ones are decoded again on the next run, for their reasons.
+    When this call decodes the files (no cached answer), the arrays of the
+    readable ones go into ``decoded`` (a dict, when given) for `load_images`,
+    so that a first run decodes each file once.
     """
     paths = [str(path) for path in paths]
+    reasons: dict[str, str] = {}
 
     def reason_of(path: str) -> str:
         try:
-            decoder.decode(path)
-            return ""
+            image = decoder.decode(path)
         except ImageDecodeError as error:
             return str(error)
+        if decoded is not None:
+            decoded[path] = image
+        return ""
+
+    def readable_of_all() -> np.ndarray:
+        reasons.update(zip(paths, _in_parallel(reason_of, paths)))
+        return np.array([not reasons[path] for path in paths], dtype=bool)
 
     key = cache_key("readable", paths, decoder.image_size, decoder.grayscale, decoder.resize)
-    readable = cached_array(
-        key, cache_dir, lambda: np.array([not reason for reason in _in_parallel(reason_of, paths)], dtype=bool)
-    )
+    readable = cached_array(key, cache_dir, readable_of_all)
     bad_paths = [path for path, ok in zip(paths, readable) if not ok]
     return pd.DataFrame(
-        {"path": bad_paths, "reason": [reason_of(path) or "unreadable" for path in bad_paths]},
+        {"path": bad_paths,
+         "reason": [reasons.get(path) or reason_of(path) or "unreadable" for path in bad_paths]},
         columns=list(SKIPPED_COLUMNS),
     )
 
@@ -340,15 +358,22 @@ def load_masks(
     return cached_array(key, cache_dir, decode_all)
 
 
-def warn_about_non_square_images(paths: list[str], resize: str, where: str) -> None:
-    """One warning per dataset when ``stretch`` distorts non-square images, with the sizes seen."""
-    def size_or_none(path: str):
+def warn_about_non_square_images(paths: list[str], resize: str, where: str, cache_dir: Path | None = None) -> None:
+    """One warning per dataset when ``stretch`` distorts non-square images, with the sizes seen.
+
+    The sizes come from the files' headers, read once and then cached (keyed like the images).
+    """
+    def size_of(path: str) -> tuple[int, int]:
         try:
             return upright_size(path)
         except ImageDecodeError:
-            return None  # the decoding that follows names the file and says why
+            return (-1, -1)  # the decoding that follows names the file and says why
 
-    sizes = Counter(size for size in _in_parallel(size_or_none, paths) if size is not None)
+    key = cache_key("sizes", paths, 0, False)
+    all_sizes = cached_array(
+        key, cache_dir, lambda: np.array(_in_parallel(size_of, paths), dtype=np.int64).reshape(-1, 2)
+    )
+    sizes = Counter((width, height) for width, height in all_sizes.tolist() if width >= 0)
     non_square = {size: count for size, count in sizes.items() if size[0] != size[1]}
     if not non_square:
         return
@@ -386,21 +411,22 @@ def load_category(
     root = resolve_data_root(data_dir)
     table = read_category_table(root, category)
     skipped = pd.DataFrame(columns=list(SKIPPED_COLUMNS))
+    decoded: dict[str, np.ndarray] = {}  # filled when the readability check decodes (no cached answer)
     if on_bad_image == "skip":
         skipped = unreadable_images(table["path"].tolist(), ImageDecoder(image_size, grayscale, resize=resize),
-                                    cache_dir)
+                                    cache_dir, decoded)
         if len(skipped):
             logger.warning(
                 "%s/%s: %d unreadable image(s) skipped (on_bad_image=skip), e.g. %s: %s",
                 root.name, category, len(skipped), skipped["path"].iloc[0], skipped["reason"].iloc[0],
             )
             table = table[~table["path"].isin(skipped["path"])].reset_index(drop=True)
-    warn_about_non_square_images(table["path"].tolist(), resize, f"{root.name}/{category}")
+    warn_about_non_square_images(table["path"].tolist(), resize, f"{root.name}/{category}", cache_dir)
     table = split_category_table(
         table, seed=seed, val_fraction=val_fraction, threshold_fraction=threshold_fraction,
         category=category,
     )
-    images = load_images(table["path"].tolist(), image_size, grayscale, cache_dir, resize)
+    images = load_images(table["path"].tolist(), image_size, grayscale, cache_dir, resize, decoded)
     return CategoryData(
         root=root, category=category, table=table, images=images, skipped=skipped, on_bad_image=on_bad_image
     )
