@@ -62,13 +62,18 @@ class RunConfig:
             )
         if self.repeats < 1:
             raise ConfigError(f"repeats must be at least 1, got {self.repeats}")
-        check_image_policies(self.resize, self.on_bad_image)
+        check_resize(self.resize)
+        check_on_bad_image(self.on_bad_image)
 
 
-def check_image_policies(resize: str, on_bad_image: str) -> None:
-    """Raise `ConfigError` for a ``resize`` or ``on_bad_image`` value that is not one of the choices."""
+def check_resize(resize: str) -> None:
+    """Raise `ConfigError` for a ``resize`` that is not one of `RESIZE_MODES`."""
     if resize not in RESIZE_MODES:
         raise ConfigError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+
+
+def check_on_bad_image(on_bad_image: str) -> None:
+    """Raise `ConfigError` for an ``on_bad_image`` that is not one of `BAD_IMAGE_POLICIES`."""
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise ConfigError(f"on_bad_image must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
 
@@ -133,7 +138,7 @@ class EvaluateConfig:
             )
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
-        check_image_policies("stretch", self.on_bad_image)
+        check_on_bad_image(self.on_bad_image)
 
 
 @dataclass(frozen=True)
