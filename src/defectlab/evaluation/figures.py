@@ -302,7 +302,7 @@ def anomaly_overlay_image(image: np.ndarray, anomaly_map: np.ndarray, threshold:
     inside[:, :-1] &= above[:, 1:]
     blended[above & ~inside] = OVERLAY_CONTOUR_COLOUR
     scale = max(1, -(-OVERLAY_MIN_SIDE // max(image.shape[:2])))
-    panels = [np.kron(panel.astype(np.uint8), np.ones((scale, scale, 1), np.uint8)) for panel in (rgb, blended)]
+    panels = [panel.astype(np.uint8).repeat(scale, axis=0).repeat(scale, axis=1) for panel in (rgb, blended)]
     height, width = panels[0].shape[:2]
     gap, title_height = 8, 18
     canvas = np.full((title_height + height, 2 * width + gap, 3), 255, dtype=np.uint8)
