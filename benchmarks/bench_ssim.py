@@ -35,6 +35,7 @@ from defectlab import data
 from defectlab.methods.ssim import training as autoencoder  # noqa: E402
 from defectlab.methods.ssim import SSIMConfig  # noqa: E402
 from defectlab.data import ImageDecoder  # noqa: E402
+from defectlab.methods import get_method  # noqa: E402
 from defectlab.serving.bundle import write_bundle  # noqa: E402
 from defectlab.serving.detector import IMAGE_COLUMN, bundle_to_local_detector  # noqa: E402
 from defectlab.methods.keras_training import make_optimizer  # noqa: E402
@@ -126,7 +127,7 @@ def main() -> None:
             trained, config.ssim_window, autoencoder.min_defect_area_for(config.image_size)
         )
         detector = bundle_to_local_detector(
-            write_bundle(Path(folder) / "bundle", scorer, scorer.BUNDLE_METHOD,
+            write_bundle(Path(folder) / "bundle", scorer, get_method("ssim").tag,
                          ImageDecoder(config.image_size, config.grayscale), threshold=0.5)
         )
         unit_images = test_images.astype(np.float32) / 255.0

@@ -286,8 +286,6 @@ class SSIMDetectorScorer:
     batch_size : int
     """
 
-    BUNDLE_METHOD = "ssim_ae"
-
     def __init__(self, autoencoder: keras.Model, ssim_window: int = 11,
                  min_defect_area: int = 1, batch_size: int = 32):
         if min_defect_area < 1:
