@@ -130,5 +130,6 @@ def main() -> None:
     print(f"  defectlab predict's fixed cost (loading the detector, summary.png): "
           f"{2 * folder_half - folder_all:.2f} s")
 
+
 if __name__ == "__main__":
     main()

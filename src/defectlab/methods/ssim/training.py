@@ -323,20 +323,20 @@ class SSIMDetectorScorer:
         return self._compiled_outputs
 
     def _outputs_by_batch(self, images: np.ndarray):
-        """Yields (reconstructions, maps) of each batch of ``uint8`` images, in order.
+        """Yields (reconstructions, maps) of each batch of ``uint8`` images, in order, as tensors.
 
         The next batch goes through the network in a background thread while
         the caller works on this one (the region search of its maps), so the
-        two overlap; at most two batches' outputs exist at a time.
+        two overlap; at most two batches' outputs exist at a time. The caller
+        converts what it uses (scoring never copies the reconstructions out).
         """
         images = np.asarray(images)
         if images.dtype != np.uint8:  # a float image in [0, 1] would be read as almost black
             raise TypeError(f"the SSIM detector scores uint8 images (0..255), got {images.dtype}")
         compiled = self._compiled_call()
 
-        def outputs(start: int) -> tuple[np.ndarray, np.ndarray]:
-            batch_reconstructions, batch_maps = compiled(images[start:start + self.batch_size])
-            return batch_reconstructions.numpy(), batch_maps.numpy()
+        def outputs(start: int):
+            return compiled(images[start:start + self.batch_size])
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssim-network") as pool:
             pending = pool.submit(outputs, 0) if len(images) else None
@@ -350,8 +350,8 @@ class SSIMDetectorScorer:
         reconstructions = [np.zeros((0, *np.shape(images)[1:]), dtype=np.float32)]
         anomaly_maps = [np.zeros((0, *np.shape(images)[1:3]), dtype=np.float32)]
         for batch_reconstructions, batch_maps in self._outputs_by_batch(images):
-            reconstructions.append(batch_reconstructions)
-            anomaly_maps.append(batch_maps)
+            reconstructions.append(batch_reconstructions.numpy())
+            anomaly_maps.append(batch_maps.numpy())
         return np.concatenate(reconstructions), np.concatenate(anomaly_maps)
 
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
@@ -390,6 +390,7 @@ class SSIMDetectorScorer:
         scores = [np.zeros(0, dtype=np.float64)]
         anomaly_maps = [np.zeros((0, *np.shape(images)[1:3]), dtype=np.float32)]
         for _, batch_maps in self._outputs_by_batch(images):
+            batch_maps = batch_maps.numpy()
             scores.append(self.scores_of_maps(batch_maps))
             if keep_maps:
                 anomaly_maps.append(batch_maps)
