@@ -147,7 +147,7 @@ def pinned_requirements(packages: list[str]) -> list[str]:
 
 def _model_requirements() -> list[str]:
     """Pinned packages a logged model needs (the versions installed here)."""
-    return pinned_requirements(["mlflow", "tensorflow", "keras", "scikit-learn", "numpy", "pandas", "pillow"])
+    return pinned_requirements(["mlflow", "tensorflow", "keras", "scikit-learn", "numpy", "pandas", "pillow", "faiss-cpu"])
 
 
 def register_model(model_uri: str, name: str):

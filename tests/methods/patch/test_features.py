@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from defectlab.methods.patch.bank import PatchMemoryBank
+from defectlab.methods.patch.config import RANDOM_FEATURE_LAYERS
 from defectlab.methods.patch.features import (
-    DEFAULT_FEATURE_LAYERS,
     adaptive_average_channels,
     aggregate_patch_features,
     extract_layer_outputs,
@@ -17,9 +18,10 @@ from defectlab.methods.patch.features import (
     local_average,
     patch_feature_extractor,
 )
-from defectlab.methods.patch.memory_bank import PatchMemoryBank, gaussian_smooth_maps, upsample_maps
+from defectlab.methods.patch.maps import gaussian_smooth_maps, upsample_maps
 
 IMAGE_SIZE = 64
+DEFAULT_FEATURE_LAYERS = tuple(RANDOM_FEATURE_LAYERS.split(","))
 
 
 @pytest.fixture(scope="module")

@@ -125,3 +125,63 @@ def test_a_pixels_run_checks_its_memory_without_a_backbone(tiny_dataset_root, tr
         run_training(PatchConfig(
             data_dir=str(tiny_dataset_root), image_size=64, backbone="pixels", memory_limit_gib=1e-4,
         ))
+
+
+def test_auto_feature_layers_follow_the_backbone_weights():
+    from defectlab.methods.patch.config import PRETRAINED_FEATURE_LAYERS, RANDOM_FEATURE_LAYERS
+
+    assert ",".join(PatchConfig(backbone="imagenet").layer_names) == PRETRAINED_FEATURE_LAYERS
+    assert ",".join(PatchConfig(backbone="/models/weights.h5").layer_names) == PRETRAINED_FEATURE_LAYERS
+    for backbone in ("none", "self", "run:abc", "models:/m@champion"):
+        assert ",".join(PatchConfig(backbone=backbone).layer_names) == RANDOM_FEATURE_LAYERS
+    assert PatchConfig(backbone="imagenet", feature_layers="block_2_add,block_9_add").layer_names == (
+        "block_2_add", "block_9_add")
+
+
+def test_an_unknown_search_index_is_refused():
+    with pytest.raises(ConfigError, match="search_index must be one of auto, exact, ivf, got 'hnsw'"):
+        PatchConfig(search_index="hnsw")
+
+
+def test_a_run_without_faiss_fails_in_one_line_naming_the_package(tiny_dataset_root, tracking_uri, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+    with pytest.raises(ConfigError, match="needs faiss.*pip install faiss-cpu"):
+        run_training(PatchConfig(data_dir=str(tiny_dataset_root), image_size=64, backbone="none"))
+    assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+def test_a_large_bank_saves_its_ivf_index_and_reloads_with_the_same_scores(tmp_path):
+    from defectlab.methods.patch.detector import PatchCoreDetector
+    from defectlab.methods.patch.features import pixel_window_extractor
+
+    rng = np.random.default_rng(3)
+    good = rng.integers(60, 180, size=(40, 32, 32, 3)).astype(np.uint8)  # 40 x 16 x 16 = 10,240 patches
+    detector = PatchCoreDetector(
+        pixel_window_extractor(32), patch_size=1, coreset_ratio=0.5, search_index="ivf",
+    ).fit(good)
+    assert detector.memory_bank_.index_.kind_ == "ivf"
+    test = rng.integers(60, 180, size=(3, 32, 32, 3)).astype(np.uint8)
+    scores, maps = detector.score_images_with_maps(test)
+    description = detector.save(tmp_path)
+    assert description["search"]["search_index"] == "ivf" and (tmp_path / description["search"]["index_file"]).is_file()
+    reloaded = PatchCoreDetector.load(tmp_path, description)
+    assert reloaded.memory_bank_.index_.kind_ == "ivf"
+    reloaded_scores, reloaded_maps = reloaded.score_images_with_maps(test)
+    np.testing.assert_array_equal(reloaded_scores, scores)
+    np.testing.assert_array_equal(reloaded_maps, maps)
+
+
+def test_a_bundle_saved_before_the_search_index_was_recorded_is_searched_exactly(tmp_path):
+    from defectlab.methods.patch.detector import PatchCoreDetector
+    from defectlab.methods.patch.features import pixel_window_extractor
+
+    rng = np.random.default_rng(4)
+    good = rng.integers(60, 180, size=(6, 32, 32, 3)).astype(np.uint8)
+    detector = PatchCoreDetector(pixel_window_extractor(32), patch_size=1).fit(good)
+    description = detector.save(tmp_path)
+    del description["search"]
+    reloaded = PatchCoreDetector.load(tmp_path, description)
+    assert reloaded.memory_bank_.index_.kind_ == "exact"
+    np.testing.assert_array_equal(reloaded.score_images(good[:2]), detector.score_images(good[:2]))

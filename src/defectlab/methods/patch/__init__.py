@@ -11,7 +11,11 @@ unless ``backbone=self``, which trains its backbone in the run.
 - `config`: `PatchConfig`;
 - `backbone`: the ``backbone`` setting resolved (ImageNet, file, metric run, self, none);
 - `features`: the Keras feature extractor and patch aggregation;
-- `memory_bank`: coreset, nearest-neighbour search, map upsampling and smoothing (NumPy);
+- `coreset`: which good patches the bank keeps (greedy k-center, exact or inside k-means parts);
+- `search`: the faiss index over the bank (exact, or IVF for large banks);
+- `bank`: `PatchMemoryBank` (coreset, index, patch and image scores) and its memory estimate;
+- `maps`: patch scores to image-sized, smoothed anomaly maps;
+- `arrays`: the input checks these NumPy modules share;
 - `detector`: `PatchCoreDetector` (fit, scores and maps, bundle files);
 - this module: the method's `METHOD` entry.
 """
@@ -70,10 +74,13 @@ def check_layers_and_memory(config: PatchConfig, train_images: int) -> dict:
 def check_bank_memory(config: PatchConfig, train_images: int, grid_height: int, grid_width: int,
                       feature_dim: int) -> dict:
     """Refuse a bank of ``grid_height x grid_width`` patches per image that would exceed ``memory_limit_gib``."""
-    from defectlab.methods.patch.memory_bank import estimate_bank_bytes
+    from defectlab.methods.patch.bank import estimate_bank_bytes
 
-    estimate = estimate_bank_bytes(train_images, grid_height, grid_width, feature_dim, config.coreset_ratio)
-    needed = estimate["all_patches_bytes"] + estimate["coreset_selection_bytes"] + estimate["bank_bytes"]
+    estimate = estimate_bank_bytes(
+        train_images, grid_height, grid_width, feature_dim, config.coreset_ratio, search_index=config.search_index,
+    )
+    needed = (estimate["all_patches_bytes"] + estimate["coreset_selection_bytes"] + estimate["bank_bytes"]
+              + estimate["index_bytes"])
     if needed > config.memory_limit_gib * GIB:
         raise ConfigError(
             f"the memory bank would need about {needed / GIB:.1f} GiB ({estimate['n_patches']} patches "
@@ -85,9 +92,14 @@ def check_bank_memory(config: PatchConfig, train_images: int, grid_height: int, 
 
 
 def check(config: PatchConfig) -> None:
-    """A backbone weights file or ImageNet download, before any data is loaded (the rest needs the data)."""
+    """faiss, and a backbone weights file or ImageNet download, before any data is loaded (the rest needs the data)."""
     from defectlab.methods.patch.backbone import check_weights_backbone
+    from defectlab.methods.patch.search import FaissMissingError, import_faiss
 
+    try:
+        import_faiss()
+    except FaissMissingError as error:
+        raise ConfigError(str(error)) from None
     check_weights_backbone(config)
 
 
@@ -111,7 +123,7 @@ def prepare(config: PatchConfig, dataset) -> PreparedRun:
             detector = PatchCoreDetector(
                 extractor, patch_size=source.patch_size(config.patch_size), feature_dim=config.feature_dim,
                 coreset_ratio=config.coreset_ratio, patch_neighbors=config.patch_neighbors,
-                seed=config.seed, batch_size=config.batch_size,
+                seed=config.seed, batch_size=config.batch_size, search_index=config.search_index,
             ).fit(dataset.images_of("train"))
         total_seconds = train_watch.seconds + fit_watch.seconds
         return FitResult(
@@ -125,6 +137,9 @@ def prepare(config: PatchConfig, dataset) -> PreparedRun:
                 "memory_bank_patches": len(detector.memory_bank_.bank_),
                 "memory_bank_bytes": detector.bank_bytes,
                 "memory_bank_patches_before_coreset": detector.memory_bank_.n_patches_seen_,
+                "extract_seconds": detector.extract_seconds_,
+                "coreset_seconds": detector.memory_bank_.coreset_seconds_,
+                "index_seconds": detector.memory_bank_.index_seconds_,
             },
         )
 

@@ -27,23 +27,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from defectlab.methods.patch.memory_bank import resize_bilinear
+from defectlab.methods.patch.maps import resize_bilinear
 
 if TYPE_CHECKING:
     import keras
 
-# Chosen by measurement: random-init MobileNetV2 (alpha 0.5, seeds 0 and 1) at
-# 96 px on the synthetic carpet, leather, cable and capsule categories (val +
-# test), patch_size 3, coreset 0.1. Mean image / pixel AUROC:
-#   block_2_add + block_5_add    0.973 / 0.988 (seed 0), 0.972 / 0.987 (seed 1)
-#   block_2_add + block_12_add   0.973 / 0.988,          0.976 / 0.986
-#   block_5_add + block_9_add    0.935 / 0.971,          0.941 / 0.964
-# Every pair with the stride-4 block_2_add ties (without weights each deeper
-# stage's activations are ~20x smaller, so the shallow layer dominates the
-# distances); this one is the cheapest (32 channels) and mirrors PatchCore's
-# layer2 + layer3 (two consecutive stages), which is what should matter once
-# ImageNet weights make the deeper layer informative.
-DEFAULT_FEATURE_LAYERS: tuple[str, ...] = ("block_2_add", "block_5_add")
 DEFAULT_PATCH_SIZE = 3
 # MobileNetV2's preprocessing: uint8 [0, 255] to [-1, 1].
 PIXEL_SCALE = 1.0 / 127.5
@@ -329,24 +317,32 @@ def aggregate_patch_features(
 
 def extract_patch_features(
     extractor: keras.Model, images, patch_size: int = DEFAULT_PATCH_SIZE,
-    feature_dim: int | None = None, batch_size: int = 32,
+    feature_dim: int | None = None, batch_size: int = 32, on_batch=None,
 ) -> np.ndarray:
     """`extract_layer_outputs` then `aggregate_patch_features`, batch by batch.
 
-    Aggregating each batch as it comes keeps only one batch of raw
-    activations in memory at a time. Returns float32
+    Each batch is aggregated as it comes and written into one preallocated
+    array, so memory holds the result plus one batch of raw activations,
+    never a list of batches to concatenate. ``on_batch(n)`` is called after
+    each batch of ``n`` images (progress). Returns float32
     ``(n, grid_height, grid_width, feature_dim)``.
     """
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"images must be (n, height, width, channels), got shape {images.shape}")
+    if len(images) == 0:
+        raise ValueError("images must hold at least one image")
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    batches = [
-        aggregate_patch_features(
+    features = None
+    for start in range(0, len(images), batch_size):
+        batch = aggregate_patch_features(
             extract_layer_outputs(extractor, images[start : start + batch_size], batch_size),
             patch_size=patch_size, feature_dim=feature_dim,
         )
-        for start in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(batches, axis=0)
+        if features is None:
+            features = np.empty((len(images), *batch.shape[1:]), dtype=np.float32)
+        features[start : start + len(batch)] = batch
+        if on_batch is not None:
+            on_batch(len(batch))
+    return features
