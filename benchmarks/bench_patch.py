@@ -18,7 +18,7 @@ with ImageNet MobileNetV2 alpha 1.0 features (the weights file in
    memory is its own.
 
 Asserts nothing. Run: ``python benchmarks/bench_patch.py [--data DIR]
-[--category magnetic_tile] [--image-size 224] [--train-images 209]
+[--category magnetic_tile] [--image-size 224] [--train-images 209] [--feature-layers auto]
 [--compare-exact] [--large 2000] [--skip-full] [--rounds 3]``
 """
 
@@ -64,13 +64,17 @@ def imagenet_backbone(image_size: int) -> keras.Model:
     return backbone
 
 
-def detector_of(backbone: keras.Model, search_index: str = "auto") -> PatchCoreDetector:
-    """The patch method's detector with the run's defaults (layers, patch size, coreset, neighbours)."""
-    defaults = PatchConfig(backbone="imagenet")
+def settings(arguments) -> PatchConfig:
+    """The run's defaults with ImageNet weights, ``--feature-layers`` if given."""
+    return PatchConfig(backbone="imagenet", feature_layers=arguments.feature_layers)
+
+
+def detector_of(backbone: keras.Model, config: PatchConfig, search_index: str = "auto") -> PatchCoreDetector:
+    """The patch method's detector with ``config``'s layers, patch size, coreset and neighbours."""
     return PatchCoreDetector(
-        patch_feature_extractor(backbone, defaults.layer_names), patch_size=defaults.patch_size,
-        coreset_ratio=defaults.coreset_ratio, patch_neighbors=defaults.patch_neighbors,
-        batch_size=defaults.batch_size, search_index=search_index,
+        patch_feature_extractor(backbone, config.layer_names), patch_size=config.patch_size,
+        coreset_ratio=config.coreset_ratio, patch_neighbors=config.patch_neighbors,
+        batch_size=config.batch_size, search_index=search_index,
     )
 
 
@@ -103,10 +107,10 @@ def category_benchmark(arguments) -> None:
     masks = data.load_masks(dataset.table[test_rows], arguments.image_size)
     backbone = imagenet_backbone(arguments.image_size)
     print(f"{arguments.category} at {arguments.image_size} px, ImageNet MobileNetV2 1.0, defaults "
-          f"{','.join(PatchConfig(backbone='imagenet').layer_names)} / coreset {PatchConfig().coreset_ratio}: "
+          f"layers {','.join(settings(arguments).layer_names)}, coreset {settings(arguments).coreset_ratio}: "
           f"{len(good)} train, {len(test)} test images")
 
-    detector = detector_of(backbone)
+    detector = detector_of(backbone, settings(arguments))
     start = time.perf_counter()
     detector.fit(good)
     print(f"  {fit_line(detector, time.perf_counter() - start)}")
@@ -133,7 +137,7 @@ def category_benchmark(arguments) -> None:
         start = time.perf_counter()
         indices = greedy_coreset_indices(flat, detector.coreset_ratio, seed=detector.seed)
         exact_coreset_seconds = time.perf_counter() - start
-        exact = detector_of(backbone, search_index="exact")
+        exact = detector_of(backbone, settings(arguments), search_index="exact")
         exact.grid_shape_ = detector.grid_shape_
         exact.memory_bank_ = PatchMemoryBank(
             coreset_ratio=1.0, patch_neighbors=detector.patch_neighbors, search_index="exact"
@@ -144,7 +148,7 @@ def category_benchmark(arguments) -> None:
 
     if not arguments.skip_full:
         everything = dataset.images_of("train")
-        detector = detector_of(backbone)
+        detector = detector_of(backbone, settings(arguments))
         start = time.perf_counter()
         detector.fit(everything)
         print(f"  whole train set, {len(everything)} images: {fit_line(detector, time.perf_counter() - start)}")
@@ -160,7 +164,7 @@ def large_benchmark(arguments) -> None:
         turned = np.rot90(good[source], variant % 4)
         images[index] = turned[:, ::-1] if variant % 8 >= 4 else turned
     del good, dataset
-    detector = detector_of(imagenet_backbone(arguments.image_size))
+    detector = detector_of(imagenet_backbone(arguments.image_size), settings(arguments))
     start = time.perf_counter()
     detector.fit(images)
     print(json.dumps({"images": len(images), "line": fit_line(detector, time.perf_counter() - start),
@@ -173,6 +177,7 @@ def main() -> None:
     parser.add_argument("--category", default="magnetic_tile")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--train-images", type=int, default=209)
+    parser.add_argument("--feature-layers", default="auto", help="as the run's feature_layers (default: auto)")
     parser.add_argument("--score-images", type=int, default=128, help="test images per timed scoring pass")
     parser.add_argument("--rounds", type=int, default=3, help="timed scoring passes of each side")
     parser.add_argument("--compare-exact", action="store_true")
@@ -189,7 +194,8 @@ def main() -> None:
     if arguments.large:
         child = subprocess.run(
             [sys.executable, __file__, "--large-only", "--data", arguments.data, "--category", arguments.category,
-             "--image-size", str(arguments.image_size), "--large", str(arguments.large)],
+             "--image-size", str(arguments.image_size), "--large", str(arguments.large),
+             "--feature-layers", arguments.feature_layers],
             capture_output=True, text=True, check=True,
         )
         result = json.loads(child.stdout.strip().splitlines()[-1])
