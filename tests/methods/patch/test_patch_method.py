@@ -80,10 +80,10 @@ def test_the_map_of_a_planted_bright_square_peaks_inside_it(tmp_path):
 
 
 def test_a_random_backbone_is_seeded_so_runs_repeat():
-    from defectlab.methods.patch.backbone import mobilenet_v2
+    from defectlab.methods.patch.backbone import seeded_backbone
 
     config = PatchConfig(image_size=64, backbone="none", seed=3)
-    first, second = mobilenet_v2(config, None), mobilenet_v2(config, None)
+    first, second = seeded_backbone(config, None), seeded_backbone(config, None)
     for first_weights, second_weights in zip(first.get_weights(), second.get_weights()):
         np.testing.assert_array_equal(first_weights, second_weights)
 
@@ -185,3 +185,14 @@ def test_a_bundle_saved_before_the_search_index_was_recorded_is_searched_exactly
     reloaded = PatchCoreDetector.load(tmp_path, description)
     assert reloaded.memory_bank_.index_.kind_ == "exact"
     np.testing.assert_array_equal(reloaded.score_images(good[:2]), detector.score_images(good[:2]))
+
+
+def test_an_unknown_backbone_architecture_is_refused_and_auto_layers_follow_the_architecture():
+    from defectlab.methods.metric import MetricConfig
+
+    with pytest.raises(ConfigError, match="backbone_arch must be one of mobilenet_v2, efficientnet_lite0, got 'resnet50'"):
+        PatchConfig(backbone_arch="resnet50")
+    with pytest.raises(ConfigError, match="backbone_arch must be one of"):
+        MetricConfig(backbone_arch="resnet50")
+    assert PatchConfig(backbone="imagenet", backbone_arch="efficientnet_lite0").layer_names == ("block_4_add", "block_10_add")
+    assert PatchConfig(backbone="none", backbone_arch="efficientnet_lite0").layer_names == ("block_2_add", "block_4_add")

@@ -35,7 +35,9 @@ def check(config: MetricConfig) -> None:
     """The weights, before any data is loaded: ImageNet cached or downloadable, or a real weights file."""
     from defectlab.methods.backbones import resolve_backbone_weights
 
-    resolve_backbone_weights(config.weights, config.backbone_alpha, config.image_size)
+    resolve_backbone_weights(
+        config.weights, config.backbone_alpha, config.image_size, backbone_arch=config.backbone_arch
+    )
 
 
 def prepare(config: MetricConfig, dataset) -> PreparedRun:
@@ -55,8 +57,8 @@ def prepare(config: MetricConfig, dataset) -> PreparedRun:
 
         # Image size and dtype checked now, not inside the tf.data pipeline mid-training.
         PseudoDefectGenerator(seed=config.seed).check_images(dataset.images_of("train")[:1])
-    weights_path, weights_tag = resolve_backbone_weights(
-        config.weights, config.backbone_alpha, config.image_size
+    weights_path, weights_tag, weights_source = resolve_backbone_weights(
+        config.weights, config.backbone_alpha, config.image_size, backbone_arch=config.backbone_arch
     )
     training_images = int(dataset.rows("train").sum()) + len(references.images) + config.pseudo_defects
     if accelerator() == "CPU":
@@ -107,7 +109,8 @@ def prepare(config: MetricConfig, dataset) -> PreparedRun:
             figures=figures,
         )
 
-    return PreparedRun(tags={"weights": weights_tag}, fit=fit, ensemble_size=config.ensemble)
+    tags = {"weights": weights_tag, "backbone_arch": config.backbone_arch, "weights_source": weights_source}
+    return PreparedRun(tags=tags, fit=fit, ensemble_size=config.ensemble)
 
 
 def score_run(detector, images, evaluate_scores) -> RunScores:

@@ -13,7 +13,9 @@ class MetricConfig(TrainedConfig):
 
     ``pseudo_defects`` synthesised-defect images of the target (made per epoch
     from its own good images) join the reference set as one more class; 0 is
-    the article's recipe.
+    the article's recipe. ``backbone_arch`` is ``mobilenet_v2`` (the article's) or
+    ``efficientnet_lite0`` (ImageNet weights from the ``defectlab[pretrained]``
+    extra; ``backbone_alpha`` applies to MobileNetV2 only).
     """
 
     image_size: int = 224
@@ -21,6 +23,7 @@ class MetricConfig(TrainedConfig):
     batch_size: int = 128
     optimizer: str = "sgd"
     learning_rate: float = 0.01
+    backbone_arch: str = "mobilenet_v2"
     backbone_alpha: float = 0.5
     weights: str = "imagenet"
     softmax_scale: float = 16.0
@@ -34,6 +37,9 @@ class MetricConfig(TrainedConfig):
     def validate(self) -> None:
         """Raise `ConfigError` naming the first invalid setting."""
         super().validate()
+        from defectlab.methods.backbones import check_backbone_arch
+
+        check_backbone_arch(self.backbone_arch)
         if self.backbone_alpha <= 0:
             raise ConfigError(f"backbone_alpha must be positive, got {self.backbone_alpha}")
         if self.softmax_scale <= 0:

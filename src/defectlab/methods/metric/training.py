@@ -192,6 +192,7 @@ def train_l2_softmax(
         config.image_size,
         backbone_alpha=config.backbone_alpha,
         weights_path=weights_path,
+        backbone_arch=config.backbone_arch,
         softmax_scale=config.softmax_scale,
     )
     classifier.compile(

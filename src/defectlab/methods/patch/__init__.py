@@ -48,22 +48,19 @@ def check_layers_and_memory(config: PatchConfig, train_images: int) -> dict:
     to read the layers' names and output shapes (``backbone=pixels``: its
     window grid). Returns the memory estimate.
     """
-    import keras
-
     from defectlab.methods.patch.features import PIXEL_STRIDE, PIXEL_WINDOW, feature_layer_names
 
     if config.backbone == "pixels":
         grid = -(-config.image_size // PIXEL_STRIDE)
         return check_bank_memory(config, train_images, grid, grid, config.feature_dim or PIXEL_WINDOW ** 2 * 3)
-    probe = keras.applications.MobileNetV2(
-        input_shape=(config.image_size, config.image_size, 3), alpha=config.backbone_alpha,
-        include_top=False, weights=None,
-    )
+    from defectlab.methods.backbones import build_backbone
+
+    probe = build_backbone(config.backbone_arch, config.image_size, config.backbone_alpha)
     valid = feature_layer_names(probe)
     unknown = [name for name in config.layer_names if name not in valid]
     if unknown:
         raise ConfigError(
-            f"unknown feature layer(s) {', '.join(unknown)}; MobileNetV2 layers with patch grids: "
+            f"unknown feature layer(s) {', '.join(unknown)}; {config.backbone_arch} layers with patch grids: "
             f"{', '.join(name for name in valid if name.endswith('_add') or name.endswith('_relu'))}"
         )
     shapes = [probe.get_layer(name).output.shape for name in config.layer_names]
@@ -147,7 +144,7 @@ def prepare(config: PatchConfig, dataset) -> PreparedRun:
         "patch method: %d good patches (%.0f MiB) before the coreset, %d kept",
         estimate["n_patches"], estimate["all_patches_bytes"] / 2 ** 20, estimate["n_bank_patches"],
     )
-    return PreparedRun(tags={"backbone": source.tag}, fit=fit)
+    return PreparedRun(tags=source.tags, fit=fit)
 
 
 def load_detector(folder, description):

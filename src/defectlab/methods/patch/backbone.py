@@ -19,7 +19,8 @@ from defectlab.methods.patch.config import BACKBONE_CHOICES, PatchConfig
 logger = logging.getLogger(__name__)
 
 METRIC_METHOD_TAG = "l2_softmax"
-MOBILENET_PREFIX = "mobilenetv2"
+# Names of the backbone models nested in an L2-softmax classifier: Keras's MobileNetV2 and ours.
+BACKBONE_MODEL_PREFIXES = ("mobilenetv2", "efficientnet_lite0")
 
 
 @dataclass(frozen=True)
@@ -39,42 +40,48 @@ class BackboneSource:
     build: Callable | None = None
     trains: bool = False
     build_extractor: Callable | None = None
+    backbone_arch: str = "mobilenet_v2"
+    weights_source: str = "none"
 
     def extractor(self, callbacks: list, layer_names: tuple[str, ...]):
         """The Keras feature extractor of this source (training the backbone first for ``self``)."""
+        from defectlab.methods.backbones import INPUT_SCALING
         from defectlab.methods.patch.features import patch_feature_extractor
 
         if self.build_extractor is not None:
             return self.build_extractor()
-        return patch_feature_extractor(self.build(callbacks), layer_names)
+        return patch_feature_extractor(self.build(callbacks), layer_names, INPUT_SCALING[self.backbone_arch])
+
+    @property
+    def tags(self) -> dict:
+        """What the run records about its backbone: the kind, the architecture, where the weights came from."""
+        if self.build_extractor is not None:
+            return {"backbone": self.tag}
+        return {"backbone": self.tag, "backbone_arch": self.backbone_arch, "weights_source": self.weights_source}
 
     def patch_size(self, configured: int) -> int:
         """The neighbourhood averaged per patch: the configured one, 1 for raw-pixel windows."""
         return 1 if self.build_extractor is not None else configured
 
 
-def mobilenet_v2(config: PatchConfig, weights_path: str | None):
-    """MobileNetV2 without top; its random initialisation seeded, so ``backbone=none`` repeats."""
+def seeded_backbone(config: PatchConfig, weights_path: str | None):
+    """The configured architecture without top; its random initialisation seeded, so ``backbone=none`` repeats."""
     import keras
 
+    from defectlab.methods.backbones import build_backbone
+
     keras.utils.set_random_seed(config.seed)
-    backbone = keras.applications.MobileNetV2(
-        input_shape=(config.image_size, config.image_size, 3), alpha=config.backbone_alpha,
-        include_top=False, weights=None,
-    )
-    if weights_path is not None:
-        backbone.load_weights(weights_path)
-    return backbone
+    return build_backbone(config.backbone_arch, config.image_size, config.backbone_alpha, weights_path)
 
 
 def backbone_of_classifier(classifier):
-    """The MobileNetV2 inside an L2-softmax classifier (`defectlab.methods.metric.network`)."""
+    """The backbone inside an L2-softmax classifier (`defectlab.methods.metric.network`)."""
     import keras
 
     for layer in classifier.layers:
-        if isinstance(layer, keras.Model) and layer.name.startswith(MOBILENET_PREFIX):
+        if isinstance(layer, keras.Model) and layer.name.startswith(BACKBONE_MODEL_PREFIXES):
             return layer
-    raise ConfigError(f"the network {classifier.name!r} holds no MobileNetV2 backbone")
+    raise ConfigError(f"the network {classifier.name!r} holds no MobileNetV2 or EfficientNet-Lite0 backbone")
 
 
 def _run_of_backbone_uri(backbone: str) -> str:
@@ -131,11 +138,21 @@ def run_backbone(config: PatchConfig) -> BackboneSource:
             f"this run {config.backbone_alpha}; pass --backbone-alpha {params['backbone_alpha']}"
         )
 
+    run_arch = params.get("backbone_arch", "mobilenet_v2")
+    if run_arch != config.backbone_arch:
+        raise ConfigError(
+            f"backbone {config.backbone}: run {run_id} trained a {run_arch} backbone, this run asks for "
+            f"{config.backbone_arch}; pass --backbone-arch {run_arch}"
+        )
+
     def build(callbacks):
         classifier = mlflow.keras.load_model(f"runs:/{run_id}/model")
         return backbone_of_classifier(classifier)
 
-    return BackboneSource(tag=f"run:{run_id}", build=build)
+    return BackboneSource(
+        tag=f"run:{run_id}", build=build, backbone_arch=run_arch,
+        weights_source=f"run:{run_id}",
+    )
 
 
 def self_trained_backbone(config: PatchConfig, dataset) -> BackboneSource:
@@ -158,7 +175,7 @@ def self_trained_backbone(config: PatchConfig, dataset) -> BackboneSource:
         category=config.category, data_dir=config.data_dir, image_size=config.image_size,
         seed=config.seed, epochs=config.self_epochs, batch_size=config.batch_size,
         optimizer="sgd", learning_rate=config.self_learning_rate,
-        backbone_alpha=config.backbone_alpha, weights="none",
+        backbone_alpha=config.backbone_alpha, weights="none", backbone_arch=config.backbone_arch,
         pseudo_defects=config.self_pseudo_defects,
     )
 
@@ -169,7 +186,9 @@ def self_trained_backbone(config: PatchConfig, dataset) -> BackboneSource:
         )
         return backbone_of_classifier(classifier)
 
-    return BackboneSource(tag="self", build=build, trains=True)
+    return BackboneSource(
+        tag="self", build=build, trains=True, backbone_arch=config.backbone_arch, weights_source="trained in the run",
+    )
 
 
 def names_weights(backbone: str) -> bool:
@@ -179,7 +198,7 @@ def names_weights(backbone: str) -> bool:
     return backbone == "imagenet" or Path(backbone).expanduser().exists() or "/" in backbone or backbone.endswith(".h5")
 
 
-def check_weights_backbone(config: PatchConfig) -> tuple[str | None, str] | None:
+def check_weights_backbone(config: PatchConfig) -> tuple[str | None, str, str] | None:
     """Resolve ``imagenet`` or a weights file (`resolve_backbone_weights`); None for the other kinds."""
     from defectlab.methods.backbones import resolve_backbone_weights
 
@@ -188,7 +207,7 @@ def check_weights_backbone(config: PatchConfig) -> tuple[str | None, str] | None
     if not names_weights(config.backbone):
         raise ConfigError(f"backbone must be one of {BACKBONE_CHOICES}, got {config.backbone!r}")
     return resolve_backbone_weights(
-        config.backbone, config.backbone_alpha, config.image_size,
+        config.backbone, config.backbone_alpha, config.image_size, backbone_arch=config.backbone_arch,
         offline_alternative="use -P backbone=self (trained in the run, no download) or backbone=none",
     )
 
@@ -210,6 +229,11 @@ def resolve_backbone(config: PatchConfig, dataset) -> BackboneSource:
             "built-in dataset's defects well, but check them on your data against backbone=self "
             "(trained in the run) or imagenet"
         )
-        return BackboneSource(tag="none", build=lambda callbacks: mobilenet_v2(config, None))
-    weights_path, weights_tag = check_weights_backbone(config)
-    return BackboneSource(tag=weights_tag, build=lambda callbacks: mobilenet_v2(config, weights_path))
+        return BackboneSource(
+            tag="none", build=lambda callbacks: seeded_backbone(config, None), backbone_arch=config.backbone_arch,
+        )
+    weights_path, weights_tag, weights_source = check_weights_backbone(config)
+    return BackboneSource(
+        tag=weights_tag, build=lambda callbacks: seeded_backbone(config, weights_path),
+        backbone_arch=config.backbone_arch, weights_source=weights_source,
+    )

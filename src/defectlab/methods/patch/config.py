@@ -33,6 +33,10 @@ RANDOM_FEATURE_LAYERS = "block_2_add,block_5_add"
 # With ImageNet weights the deeper layer is informative, and the stride-4 layer's small
 # receptive field sees texture grain rather than defects at 224 px.
 PRETRAINED_FEATURE_LAYERS = "block_5_add,block_12_add"
+# EfficientNet-Lite0 (backbone_arch=efficientnet_lite0): the same stage ends by stride,
+# stride 8 (40 channels) and 16 (112); without weights stride 4 (24) and 8.
+EFFICIENTNET_PRETRAINED_FEATURE_LAYERS = "block_4_add,block_10_add"
+EFFICIENTNET_RANDOM_FEATURE_LAYERS = "block_2_add,block_4_add"
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,12 @@ class PatchConfig(RunConfig):
     ``patch_size`` do not apply; measured best offline on real photographs),
     ``run:<run_id>`` or ``models:/<name>@<alias>``
     (the network of a finished L2-softmax run), or a path to a weights file.
-    ``feature_layers`` are two (or more) comma-separated MobileNetV2 layer names,
-    shallow first, or ``auto``: `PRETRAINED_FEATURE_LAYERS` with ImageNet
-    weights or a weights file, `RANDOM_FEATURE_LAYERS` otherwise. ``feature_dim`` 0 keeps every channel. ``memory_limit_gib``
+    ``backbone_arch`` is ``mobilenet_v2`` or ``efficientnet_lite0`` (ImageNet
+    weights from the ``defectlab[pretrained]`` extra; ``backbone_alpha`` applies
+    to MobileNetV2 only). ``feature_layers`` are two (or more) comma-separated
+    layer names of that architecture, shallow first, or ``auto``: the ends of the
+    stride-8 and stride-16 stages with ImageNet weights or a weights file
+    (`PRETRAINED_FEATURE_LAYERS`), of the stride-4 and stride-8 stages otherwise. ``feature_dim`` 0 keeps every channel. ``memory_limit_gib``
     bounds the memory of all training patches (checked before extracting).
     ``search_index`` says how the bank is searched: ``exact`` (faiss's flat
     index), ``ivf`` (an approximate inverted-file index; a bank too small to
@@ -60,6 +67,7 @@ class PatchConfig(RunConfig):
 
     image_size: int = 224
     backbone: str = "imagenet"
+    backbone_arch: str = "mobilenet_v2"
     backbone_alpha: float = 0.5
     feature_layers: str = AUTO_FEATURE_LAYERS
     patch_size: int = 3
@@ -83,7 +91,10 @@ class PatchConfig(RunConfig):
         """The feature layers, ``auto`` resolved for the backbone."""
         layers = self.feature_layers
         if layers.strip() == AUTO_FEATURE_LAYERS:
-            layers = PRETRAINED_FEATURE_LAYERS if self.pretrained else RANDOM_FEATURE_LAYERS
+            if self.backbone_arch == "efficientnet_lite0":
+                layers = EFFICIENTNET_PRETRAINED_FEATURE_LAYERS if self.pretrained else EFFICIENTNET_RANDOM_FEATURE_LAYERS
+            else:
+                layers = PRETRAINED_FEATURE_LAYERS if self.pretrained else RANDOM_FEATURE_LAYERS
         return tuple(name.strip() for name in layers.split(",") if name.strip())
 
     def validate(self) -> None:
@@ -91,6 +102,9 @@ class PatchConfig(RunConfig):
         super().validate()
         if not self.backbone:
             raise ConfigError(f"backbone must be one of {BACKBONE_CHOICES}")
+        from defectlab.methods.backbones import check_backbone_arch
+
+        check_backbone_arch(self.backbone_arch)
         if self.backbone_alpha <= 0:
             raise ConfigError(f"backbone_alpha must be positive, got {self.backbone_alpha}")
         if len(self.layer_names) < 1:

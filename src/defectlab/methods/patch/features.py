@@ -64,7 +64,8 @@ def feature_layer_names(backbone: keras.Model) -> list[str]:
     return names
 
 
-def patch_feature_extractor(backbone: keras.Model, layer_names: tuple[str, ...]) -> keras.Model:
+def patch_feature_extractor(backbone: keras.Model, layer_names: tuple[str, ...],
+                            input_scaling: tuple[float, float] = (PIXEL_SCALE, PIXEL_OFFSET)) -> keras.Model:
     """A Keras model from uint8-range RGB images to the activations of ``layer_names``.
 
     Parameters
@@ -76,6 +77,9 @@ def patch_feature_extractor(backbone: keras.Model, layer_names: tuple[str, ...])
     layer_names : tuple of str
         Layers whose outputs become the features, shallowest first (the first
         one's grid is the patch grid of `aggregate_patch_features`).
+    input_scaling : (scale, offset), default MobileNetV2's (1/127.5, -1)
+        The backbone's preprocessing of uint8-range pixels
+        (`defectlab.methods.backbones.INPUT_SCALING`).
 
     Returns
     -------
@@ -118,7 +122,8 @@ def patch_feature_extractor(backbone: keras.Model, layer_names: tuple[str, ...])
         name=f"{backbone.name}_features",
     )
     images = keras.Input(shape=tuple(backbone.input_shape[1:]), name="images")
-    scaled = keras.layers.Rescaling(PIXEL_SCALE, offset=PIXEL_OFFSET, name="to_minus_one_one")(images)
+    scale, offset = input_scaling
+    scaled = keras.layers.Rescaling(scale, offset=offset, name="to_minus_one_one")(images)
     activations = truncated(scaled)
     if not isinstance(activations, (list, tuple)):
         activations = [activations]
