@@ -1,0 +1,121 @@
+"""Quality on real defects: every method and backbone on the Magnetic Tile Defect set.
+
+Real grey photographs of magnetic tiles from production with pixel masks
+(``../shared/data/magnetic_tile``: 635 good train images, 317 good and 380
+defective test images of five kinds; Huang, Qiu, Yuan, The Visual Computer
+2020). Each variant is one ordinary tracked run of the platform
+(`defectlab.runner.run_training`, seed 0, into a throwaway MLflow store), so the
+figures are the run's own metrics: image AUROC with its seeded bootstrap 95 %
+interval, pixel AUROC and AUPRO (map-making methods), TPR and TNR at the
+threshold a deployed detector uses (chosen on held-out good images only),
+fit and scoring seconds. Settings are sized for a 2-core CPU and named in
+each row. MobileNetV2's ImageNet weights come from the shared file
+(``../shared/weights``, put in a temporary ``KERAS_HOME``); EfficientNet-Lite0's
+from the ``defectlab[pretrained]`` extra. Writes a CSV and prints the
+Markdown table the README shows first. Asserts nothing.
+
+Run: ``python benchmarks/real_defects.py [--variants NAME,...] [--out benchmarks/results/quality-real-defects.csv]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATA = SHARED / "data"
+MOBILENET_V2_FILE = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+CATEGORY = "magnetic_tile"
+
+# name -> (method, label, settings): CPU-sized, everything else the defaults.
+VARIANTS = {
+    "patch-efficientnet": ("patch", "Patch, EfficientNet-Lite0 ImageNet (pip extra), 224 px", dict(
+        image_size=224, backbone="imagenet", backbone_arch="efficientnet_lite0")),
+    "patch-mobilenet": ("patch", "Patch, MobileNetV2 1.0 ImageNet (Keras file), 224 px", dict(
+        image_size=224, backbone="imagenet", backbone_alpha=1.0)),
+    "patch-pixels": ("patch", "Patch, raw-pixel windows (no network), 64 px", dict(
+        image_size=64, backbone="pixels")),
+    "patch-random": ("patch", "Patch, random MobileNetV2 0.5, 128 px", dict(image_size=128, backbone="none")),
+    "metric-efficientnet": ("metric", "L2-softmax, EfficientNet-Lite0 ImageNet, 128 px, 5 epochs, 256 pseudo-defects", dict(
+        image_size=128, backbone_arch="efficientnet_lite0", weights="imagenet", epochs=5, batch_size=32,
+        pseudo_defects=256)),
+    "ssim": ("ssim", "SSIM AE, 128 px, 5 epochs x 2000", dict(image_size=128, epochs=5, batch_size=32, augment_to=2000)),
+}
+COLUMNS = [
+    ("test_image_auroc", "image AUROC"), ("test_pixel_auroc", "pixel AUROC"), ("test_aupro", "AUPRO"),
+    ("test_tpr_at_val_threshold", "TPR at deployed thr."), ("test_tnr_at_val_threshold", "TNR at deployed thr."),
+    ("train_seconds", "fit s"), ("score_seconds", "score s"),
+]
+
+
+def run_variant(name: str) -> dict:
+    from defectlab.methods import get_method
+    from defectlab.runner import run_training
+
+    method_name, label, settings = VARIANTS[name]
+    config = get_method(method_name).config_class(data_dir=str(DATA), category=CATEGORY, seed=0, **settings)
+    started = time.perf_counter()
+    result = run_training(config)
+    metrics = dict(result.metrics)
+    return {"variant": name, "label": label, "wall_seconds": time.perf_counter() - started, **metrics}
+
+
+def cell(row: dict, key: str) -> str:
+    value = row.get(key)
+    if value is None or value != value:
+        return "–"
+    if key == "test_image_auroc" and "test_image_auroc_ci_low" in row:
+        return f"{value:.3f} [{row['test_image_auroc_ci_low']:.3f}, {row['test_image_auroc_ci_high']:.3f}]"
+    return f"{value:.1f}" if key.endswith("seconds") else f"{value:.3f}"
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| method, features, size | " + " | ".join(title for _, title in COLUMNS) + " |",
+             "| --- |" + " --- |" * len(COLUMNS)]
+    for row in rows:
+        lines.append(f"| {row['label']} | " + " | ".join(cell(row, key) for key, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality-real-defects.csv"))
+    arguments = parser.parse_args()
+    names = [name.strip() for name in arguments.variants.split(",") if name.strip()]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    if not (DATA / CATEGORY).is_dir() or not MOBILENET_V2_FILE.is_file():
+        sys.exit(f"needs {DATA / CATEGORY} and {MOBILENET_V2_FILE} (the shared folder beside the project)")
+
+    import mlflow
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as scratch:
+        models = Path(scratch) / "keras" / "models"
+        models.mkdir(parents=True)
+        shutil.copy2(MOBILENET_V2_FILE, models / MOBILENET_V2_FILE.name)
+        os.environ["KERAS_HOME"] = str(models.parent)
+        os.chdir(scratch)
+        mlflow.set_tracking_uri(f"sqlite:///{Path(scratch) / 'mlflow.db'}")
+        rows = []
+        for name in names:
+            rows.append(run_variant(name))
+            print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+    frame = pd.DataFrame(rows)
+    Path(arguments.out).parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(arguments.out, index=False)
+    print(f"\n{CATEGORY}: {len(rows)} variants, seed 0, 2-core CPU; written to {arguments.out}\n")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
