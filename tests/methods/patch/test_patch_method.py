@@ -196,3 +196,14 @@ def test_an_unknown_backbone_architecture_is_refused_and_auto_layers_follow_the_
         MetricConfig(backbone_arch="resnet50")
     assert PatchConfig(backbone="imagenet", backbone_arch="efficientnet_lite0").layer_names == ("block_4_add", "block_10_add")
     assert PatchConfig(backbone="none", backbone_arch="efficientnet_lite0").layer_names == ("block_2_add", "block_4_add")
+
+
+@pytest.mark.parametrize("backbone_arch", ["mobilenet_v2", "efficientnet_lite0"])
+def test_the_search_space_offers_only_layers_of_the_tuned_architecture(backbone_arch):
+    from defectlab.methods.backbones import build_backbone
+    from defectlab.methods.patch import default_search_space
+    from defectlab.methods.patch.features import feature_layer_names
+
+    names = set(feature_layer_names(build_backbone(backbone_arch, 64)))
+    pairs = default_search_space(PatchConfig(backbone_arch=backbone_arch), None)["feature_layers"]["choices"]
+    assert pairs and all(set(pair.split(",")) <= names for pair in pairs)

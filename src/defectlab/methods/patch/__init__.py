@@ -32,13 +32,21 @@ logger = logging.getLogger(__name__)
 
 LABEL = "Patch (PatchCore)"
 GIB = 1024 ** 3
-# Layer pairs the search space offers (shallow, deeper), all of MobileNetV2's stride-4/8/16 stages.
-SEARCHED_FEATURE_LAYERS = (
-    "block_2_add,block_5_add",
-    "block_2_add,block_9_add",
-    "block_5_add,block_9_add",
-    "block_5_add,block_12_add",
-)
+# Layer pairs the search space offers (shallow, deeper), per architecture: the stride-4/8/16 stages.
+SEARCHED_FEATURE_LAYERS = {
+    "mobilenet_v2": (
+        "block_2_add,block_5_add",
+        "block_2_add,block_9_add",
+        "block_5_add,block_9_add",
+        "block_5_add,block_12_add",
+    ),
+    "efficientnet_lite0": (
+        "block_2_add,block_4_add",
+        "block_2_add,block_7_add",
+        "block_4_add,block_7_add",
+        "block_4_add,block_10_add",
+    ),
+}
 
 
 def check_layers_and_memory(config: PatchConfig, train_images: int) -> dict:
@@ -153,11 +161,11 @@ def load_detector(folder, description):
     return PatchCoreDetector.load(folder, description)
 
 
-def search_space() -> dict:
+def search_space(backbone_arch: str = "mobilenet_v2") -> dict:
     """The bank's settings: coreset size, feature layers, patch size, reweighting, image size."""
     return {
         "coreset_ratio": {"type": "float", "low": 0.01, "high": 0.25, "log": True},
-        "feature_layers": {"type": "categorical", "choices": list(SEARCHED_FEATURE_LAYERS)},
+        "feature_layers": {"type": "categorical", "choices": list(SEARCHED_FEATURE_LAYERS[backbone_arch])},
         "patch_size": {"type": "int", "low": 1, "high": 5, "step": 2},
         "patch_neighbors": {"type": "int", "low": 1, "high": 9},
         "image_size": {"type": "categorical", "choices": [64, 96, 128, 160, 224]},
@@ -165,7 +173,7 @@ def search_space() -> dict:
 
 
 def default_search_space(config: PatchConfig, data_root) -> dict:
-    return search_space()
+    return search_space(config.backbone_arch)
 
 
 METHOD = Method(

