@@ -50,3 +50,33 @@ def test_a_model_that_is_not_a_detector_is_refused(tracking_uri):
 
     assert result.exit_code == 1
     assert "is not a defectlab detector" in result.output
+
+
+def test_threshold_fpr_outside_zero_one_is_refused():
+    from defectlab.methods.patch import PatchConfig
+
+    for rate in (-0.1, 1.0, 2.0):
+        with pytest.raises(ConfigError, match=r"threshold_fpr must be a false-alarm rate in \[0, 1\)"):
+            PatchConfig(threshold_fpr=rate)
+
+
+def test_a_false_alarm_rate_lowers_the_deployed_threshold_past_one_outlier_good_image():
+    import numpy as np
+    import pandas as pd
+
+    from defectlab.evaluation import evaluate
+
+    # 20 held-out good images score 0..0.19, one outlier 5.0; test defects score 1.0 and 2.0.
+    threshold_scores = [index / 100 for index in range(20)] + [5.0]
+    table = pd.DataFrame({
+        "path": [f"{index}.png" for index in range(25)],
+        "label": [0] * 21 + [0, 0, 1, 1],
+        "defect_type": ["good"] * 23 + ["cut", "cut"],
+        "split": ["threshold"] * 21 + ["test"] * 4,
+    })
+    scores = np.array(threshold_scores + [0.1, 0.15, 1.0, 2.0])
+    strict = evaluate(table, scores)
+    assert strict.threshold == 5.0 and strict.metrics["test_tpr_at_val_threshold"] == 0.0
+    tolerant = evaluate(table, scores, threshold_fpr=0.05)  # floor(0.05 * 21) = 1 false alarm allowed
+    assert tolerant.threshold == 0.19
+    assert tolerant.metrics["test_tpr_at_val_threshold"] == 1.0 and tolerant.metrics["test_tnr_at_val_threshold"] == 1.0

@@ -41,6 +41,27 @@ def test_threshold_from_good_scores_is_their_maximum():
         metrics.threshold_from_good_scores([])
 
 
+@pytest.mark.parametrize("rate, expected, false_alarms", [
+    (0.0, 100.0, 0),   # the largest: no good image flagged
+    (0.01, 99.0, 1),   # floor(0.01 * 100) = 1 false alarm allowed
+    (0.025, 98.0, 2),  # floor(2.5) = 2
+    (0.5, 50.0, 50),
+])
+def test_threshold_at_a_false_alarm_rate_flags_at_most_that_share_of_good_images(rate, expected, false_alarms):
+    good = np.random.default_rng(0).permutation(np.arange(1.0, 101.0))
+    threshold = metrics.threshold_from_good_scores(good, false_alarm_rate=rate)
+    assert threshold == expected
+    assert int(np.sum(good > threshold)) == false_alarms
+
+
+def test_threshold_at_a_false_alarm_rate_never_flags_more_than_allowed_when_scores_tie():
+    good = [1.0, 5.0, 5.0, 5.0]
+    threshold = metrics.threshold_from_good_scores(good, false_alarm_rate=0.25)  # one allowed
+    assert threshold == 5.0 and sum(score > threshold for score in good) == 0
+    with pytest.raises(metrics.MetricError, match=r"false_alarm_rate must be in \[0, 1\)"):
+        metrics.threshold_from_good_scores(good, false_alarm_rate=1.0)
+
+
 def test_per_defect_type_auroc():
     result = metrics.per_defect_type_auroc(
         ["good", "good", "cut", "cut", "hole"], [0, 0, 1, 1, 1], [0.1, 0.5, 0.9, 0.3, 0.2]

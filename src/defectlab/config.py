@@ -37,6 +37,8 @@ class RunConfig:
     so serving does the same) and ``on_bad_image`` (``error`` or ``skip``
     unreadable files) apply to every image the run reads;
     ``log_system_metrics`` samples CPU, memory (and GPU) into the run.
+    ``threshold_fpr`` is the deployed threshold's target false-alarm rate on
+    the held-out good images (0: their largest score, so none of them is flagged).
     """
 
     category: str = "carpet"
@@ -48,6 +50,7 @@ class RunConfig:
     resize: str = "stretch"
     on_bad_image: str = "error"
     log_system_metrics: bool = True
+    threshold_fpr: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -64,6 +67,11 @@ class RunConfig:
             raise ConfigError(f"repeats must be at least 1, got {self.repeats}")
         check_resize(self.resize)
         check_on_bad_image(self.on_bad_image)
+        if not 0 <= self.threshold_fpr < 1:
+            raise ConfigError(
+                f"threshold_fpr must be a false-alarm rate in [0, 1) (0: the largest held-out good score), "
+                f"got {self.threshold_fpr}"
+            )
 
 
 def check_resize(resize: str) -> None:

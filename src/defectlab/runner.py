@@ -90,7 +90,7 @@ def run_training(config, run_name: str | None = None, nested: bool = False,
         with tracking.Stopwatch() as score_watch:
             run_scores = method.score(
                 fitted.detector, scored_images,
-                lambda scores: evaluation.evaluate(scored_table, scores).metrics,
+                lambda scores: evaluation.evaluate(scored_table, scores, threshold_fpr=config.threshold_fpr).metrics,
             )
         extra_metrics = {**fitted.metrics, **run_scores.metrics, "score_seconds": score_watch.seconds}
         if method.makes_maps:
@@ -110,6 +110,7 @@ def run_training(config, run_name: str | None = None, nested: bool = False,
             detector=fitted.detector, keras_model=fitted.keras_model,
             decoder=data.ImageDecoder(config.image_size, grayscale, resize=config.resize),
             register_as=config.register_as, category=config.category, extra_figures=extra_figures,
+            threshold_fpr=config.threshold_fpr,
         )
 
 
@@ -126,6 +127,7 @@ def finish_training_run(
     register_as: str = "",
     category: str = "",
     extra_figures=None,
+    threshold_fpr: float = 0.0,
 ) -> RunResult:
     """The shared tail of every training run: evaluate, log, bundle, register.
 
@@ -156,12 +158,14 @@ def finish_training_run(
         ``extra_figures(evaluation) -> {artifact_path: Figure}``, e.g. ``heatmaps/``.
     category : str, optional
         Names the local recovery folder.
+    threshold_fpr : float, optional
+        The deployed threshold's target false-alarm rate on the held-out good images.
     """
     from defectlab.serving.bundle import write_bundle
     from defectlab.serving.detector import detector_signature_and_example
 
     evaluation.check_scores_vary(scored_table, scores)
-    result = evaluation.evaluate(scored_table, scores)
+    result = evaluation.evaluate(scored_table, scores, threshold_fpr=threshold_fpr)
     result.metrics.update(extra_metrics)
     with tracking.saving_locally_if_logging_fails(
         category or "run",

@@ -81,7 +81,7 @@ def check_scores_vary(table: pd.DataFrame, scores) -> None:
 
 
 def evaluate(
-    table: pd.DataFrame, scores, threshold: float | None = None
+    table: pd.DataFrame, scores, threshold: float | None = None, threshold_fpr: float = 0.0,
 ) -> Evaluation:
     """Metrics of ``scores`` on the scored rows of ``table``.
 
@@ -94,6 +94,8 @@ def evaluate(
     threshold : float, optional
         A threshold already chosen (e.g. by a registered detector). By default
         it is `metrics.threshold_from_good_scores` of the ``threshold`` split.
+    threshold_fpr : float, default=0
+        Its target false-alarm rate on those good images (0: their largest score).
     """
     scores = np.asarray(scores, dtype=np.float64)
     if len(scores) != len(table):
@@ -104,6 +106,6 @@ def evaluate(
     scored_table["score"] = scores
     if threshold is None:
         good_heldout = (scored_table["split"] == "threshold").to_numpy()
-        threshold = metrics_module.threshold_from_good_scores(scores[good_heldout])
+        threshold = metrics_module.threshold_from_good_scores(scores[good_heldout], threshold_fpr)
     image_metrics = metrics_module.image_metrics(scored_table, scores, threshold)
     return Evaluation(scored_table=scored_table, threshold=float(threshold), metrics=image_metrics)

@@ -132,18 +132,25 @@ def bootstrap_interval(labels, scores, metric: str = "image_auroc", resamples: i
     return float(low), float(high)
 
 
-def threshold_from_good_scores(good_scores) -> float:
-    """Decision threshold from defect-free images only: the largest held-out good score.
+def threshold_from_good_scores(good_scores, false_alarm_rate: float = 0.0) -> float:
+    """Decision threshold from defect-free images only, as a deployed detector must choose it.
 
-    With ``score > threshold`` flagged, no held-out good image is a false alarm;
-    this is what a deployed detector can do without seeing any defect.
+    With ``score > threshold`` flagged, at most ``floor(false_alarm_rate * n)``
+    of the ``n`` held-out good images are false alarms: the threshold is the
+    ``(n - k)``-th smallest good score for ``k = floor(false_alarm_rate * n)``.
+    ``false_alarm_rate`` 0 gives the largest good score (no held-out good image
+    flagged), which one outlier good image can push above most defects; a small
+    rate (e.g. 0.01) leaves that outlier flagged instead.
     """
     good_scores = np.asarray(good_scores, dtype=np.float64).ravel()
     if good_scores.size == 0:
         raise MetricError("no good scores to choose a threshold from")
     if not np.all(np.isfinite(good_scores)):
         raise MetricError("good scores contain non-finite values")
-    return float(np.max(good_scores))
+    if not 0 <= false_alarm_rate < 1:
+        raise MetricError(f"false_alarm_rate must be in [0, 1), got {false_alarm_rate}")
+    allowed_false_alarms = int(np.floor(false_alarm_rate * good_scores.size + 1e-9))
+    return float(np.sort(good_scores)[good_scores.size - 1 - allowed_false_alarms])
 
 
 def per_defect_type_auroc(defect_types, labels, scores) -> dict[str, float]:
