@@ -36,7 +36,7 @@ def version_tags(version: str, model_name: str = MODEL_NAME) -> dict:
 
 
 def test_first_version_becomes_champion(tracking_uri):
-    version = register_version({"test_image_auroc": 0.7})
+    version = register_version({"val_image_auroc": 0.7})
 
     decision = promote(MODEL_NAME)
 
@@ -47,15 +47,15 @@ def test_first_version_becomes_champion(tracking_uri):
     assert champion() == version
     tags = version_tags(version)
     assert tags["promotion_decision"] == "promoted"
-    assert tags["promotion_metric"] == "test_image_auroc"
+    assert tags["promotion_metric"] == "val_image_auroc"
     assert float(tags["promotion_candidate_value"]) == pytest.approx(0.7)
     assert tags["compared_with_version"] == ""
 
 
 def test_better_version_takes_the_alias_and_records_the_comparison(tracking_uri):
-    first = register_version({"test_image_auroc": 0.7})
+    first = register_version({"val_image_auroc": 0.7})
     promote(MODEL_NAME)
-    second = register_version({"test_image_auroc": 0.9})
+    second = register_version({"val_image_auroc": 0.9})
 
     decision = promote(MODEL_NAME)
 
@@ -70,9 +70,9 @@ def test_better_version_takes_the_alias_and_records_the_comparison(tracking_uri)
 
 
 def test_worse_version_leaves_the_champion(tracking_uri):
-    first = register_version({"test_image_auroc": 0.8})
+    first = register_version({"val_image_auroc": 0.8})
     promote(MODEL_NAME)
-    second = register_version({"test_image_auroc": 0.6})
+    second = register_version({"val_image_auroc": 0.6})
 
     decision = promote(MODEL_NAME)
 
@@ -85,9 +85,9 @@ def test_worse_version_leaves_the_champion(tracking_uri):
 
 
 def test_equal_version_leaves_the_champion(tracking_uri):
-    first = register_version({"test_image_auroc": 0.8})
+    first = register_version({"val_image_auroc": 0.8})
     promote(MODEL_NAME)
-    register_version({"test_image_auroc": 0.8})
+    register_version({"val_image_auroc": 0.8})
 
     decision = promote(MODEL_NAME)
 
@@ -107,8 +107,8 @@ def test_lower_is_better_reverses_the_comparison(tracking_uri):
 
 
 def test_an_older_version_can_be_named_explicitly(tracking_uri):
-    best = register_version({"test_image_auroc": 0.95})
-    register_version({"test_image_auroc": 0.5})
+    best = register_version({"val_image_auroc": 0.95})
+    register_version({"val_image_auroc": 0.5})
     promote(MODEL_NAME)  # newest (0.5) becomes the first champion
 
     decision = promote(MODEL_NAME, version=best)
@@ -118,11 +118,11 @@ def test_an_older_version_can_be_named_explicitly(tracking_uri):
 
 
 def test_missing_metric_on_the_candidate_is_an_error_and_keeps_the_alias(tracking_uri):
-    first = register_version({"test_image_auroc": 0.8})
+    first = register_version({"val_image_auroc": 0.8})
     promote(MODEL_NAME)
-    second = register_version({"val_image_auroc": 0.99})
+    second = register_version({"test_image_auroc": 0.99})
 
-    with pytest.raises(RegistryError, match="has no metric 'test_image_auroc'"):
+    with pytest.raises(RegistryError, match="has no metric 'val_image_auroc'"):
         promote(MODEL_NAME)
 
     assert champion() == first
@@ -135,7 +135,7 @@ def test_unknown_model_is_an_error(tracking_uri):
 
 
 def test_unknown_version_is_an_error(tracking_uri):
-    register_version({"test_image_auroc": 0.8})
+    register_version({"val_image_auroc": 0.8})
 
     with pytest.raises(RegistryError, match="has no version '7'"):
         promote(MODEL_NAME, version=7)
@@ -147,9 +147,9 @@ def test_promote_command_prints_the_decision_and_exits_zero_when_not_promoted(tr
 
     from defectlab.cli import main
 
-    first = register_version({"test_image_auroc": 0.8})
+    first = register_version({"val_image_auroc": 0.8})
     promote(MODEL_NAME)
-    second = register_version({"test_image_auroc": 0.5})
+    second = register_version({"val_image_auroc": 0.5})
 
     result = CliRunner().invoke(main, ["promote", "--model-name", MODEL_NAME])
 
@@ -170,14 +170,14 @@ def test_promote_command_reports_an_unknown_model_as_an_error(tracking_uri):
 
 
 def test_a_version_that_is_not_a_number_is_an_unknown_version(tracking_uri):
-    register_version({"test_image_auroc": 0.8})
+    register_version({"val_image_auroc": 0.8})
 
     with pytest.raises(RegistryError, match="has no version 'latest'"):
         promote(MODEL_NAME, version="latest")
 
 
 def interval_metrics(value: float, low: float, high: float) -> dict:
-    return {"test_image_auroc": value, "test_image_auroc_ci_low": low, "test_image_auroc_ci_high": high}
+    return {"val_image_auroc": value, "val_image_auroc_ci_low": low, "val_image_auroc_ci_high": high}
 
 
 def test_a_gain_inside_the_champions_interval_is_said_and_still_promoted_by_default(tracking_uri):
@@ -216,7 +216,7 @@ def test_require_significant_promotes_a_gain_outside_the_interval(tracking_uri):
 
 
 def test_require_significant_without_a_champion_interval_does_not_promote(tracking_uri):
-    first = register_version({"test_image_auroc": 0.80})  # an older run: no interval
+    first = register_version({"val_image_auroc": 0.80})  # an older run: no interval
     promote(MODEL_NAME)
     register_version(interval_metrics(0.95, 0.90, 0.99))
 
@@ -237,3 +237,19 @@ def test_promote_command_takes_require_significant(tracking_uri):
     result = CliRunner().invoke(main, ["promote", "--model-name", MODEL_NAME, "--require-significant", "true"])
     assert result.exit_code == 0, result.output
     assert "not promoted" in result.output and "not significant" in result.output
+
+
+def test_the_default_chooses_on_the_validation_split_and_choosing_on_test_is_recorded(tracking_uri):
+    # Better on test, worse on validation: the default (validation) keeps the champion.
+    first = register_version({"val_image_auroc": 0.9, "test_image_auroc": 0.7})
+    promote(MODEL_NAME)
+    second = register_version({"val_image_auroc": 0.8, "test_image_auroc": 0.95})
+    decision = promote(MODEL_NAME)
+    assert not decision.promoted and champion() == first
+    assert version_tags(second)["promotion_metric"] == "val_image_auroc"
+    assert version_tags(second)["promotion_on_test_split"] == "false"
+
+    decision = promote(MODEL_NAME, metric="test_image_auroc")
+    assert decision.promoted and champion() == second
+    assert "chosen on the test split" in decision.reason
+    assert version_tags(second)["promotion_on_test_split"] == "true"

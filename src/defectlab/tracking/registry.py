@@ -4,7 +4,9 @@ Every registry call of defectlab lives here. Only aliases are used (MLflow's
 model stages are deprecated): the serving URI is ``models:/<name>@champion``.
 
 A version is judged by a metric of the run that produced it
-(``ModelVersion.run_id``): by default ``test_image_auroc``, higher is better.
+(``ModelVersion.run_id``): by default ``val_image_auroc``, higher is better.
+Model selection stays off the test split, as in tuning: choosing on a
+``test_`` metric must be asked for, and the decision records that it was.
 The candidate takes the alias only when it is strictly better than the current
 champion; the decision is written on the candidate version as tags, so the
 registry itself says why a version is or is not serving.
@@ -21,7 +23,8 @@ from mlflow.exceptions import MlflowException
 from defectlab.errors import DefectlabError
 
 CHAMPION_ALIAS = "champion"
-DEFAULT_PROMOTION_METRIC = "test_image_auroc"
+DEFAULT_PROMOTION_METRIC = "val_image_auroc"
+TEST_SPLIT_PREFIX = "test_"
 
 
 class RegistryError(DefectlabError, ValueError):
@@ -171,6 +174,7 @@ def _record_decision(client: MlflowClient, decision: PromotionDecision) -> None:
         "promotion_decision": "promoted" if decision.promoted else "not_promoted",
         "promotion_reason": decision.reason,
         "promotion_metric": decision.metric,
+        "promotion_on_test_split": str(decision.metric.startswith(TEST_SPLIT_PREFIX)).lower(),
         "promotion_higher_is_better": str(decision.higher_is_better).lower(),
         "promotion_candidate_value": repr(decision.candidate_value),
         "promotion_champion_value": (
@@ -197,7 +201,9 @@ def promote(
     model_name : str
         Registered model name, e.g. ``defectlab-metric-carpet``.
     metric : str
-        Metric of the producing runs to compare (default ``test_image_auroc``).
+        Metric of the producing runs to compare (default ``val_image_auroc``:
+        the validation split; a ``test_`` metric selects on the test split,
+        which the decision's reason and the tag ``promotion_on_test_split`` record).
     version : str or int, optional
         Candidate version; default (None or empty) the newest.
     higher_is_better : bool
@@ -258,6 +264,11 @@ def promote(
             if require_significant and not significant:
                 promoted = False
                 reason += "; not promoted (--require-significant)"
+    if metric.startswith(TEST_SPLIT_PREFIX):
+        reason += (
+            f"; chosen on the test split ({metric}, as asked), so {metric} no longer measures the "
+            "champion without bias"
+        )
 
     decision = PromotionDecision(
         promoted=promoted,
