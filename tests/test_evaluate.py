@@ -80,3 +80,32 @@ def test_a_false_alarm_rate_lowers_the_deployed_threshold_past_one_outlier_good_
     tolerant = evaluate(table, scores, threshold_fpr=0.05)  # floor(0.05 * 21) = 1 false alarm allowed
     assert tolerant.threshold == 0.19
     assert tolerant.metrics["test_tpr_at_val_threshold"] == 1.0 and tolerant.metrics["test_tnr_at_val_threshold"] == 1.0
+
+
+def test_an_image_size_past_the_bound_is_refused_in_one_line():
+    from defectlab.config import MAX_IMAGE_SIZE
+    from defectlab.methods.patch import PatchConfig
+
+    with pytest.raises(ConfigError, match=f"image_size must be at most {MAX_IMAGE_SIZE} pixels, got 100000"):
+        PatchConfig(image_size=100000)
+    with pytest.raises(ConfigError, match=f"image_size must be at most {MAX_IMAGE_SIZE} pixels"):
+        EvaluateConfig(model_uri="runs:/x/detector", image_size=100000)
+    PatchConfig(image_size=MAX_IMAGE_SIZE)  # the bound itself is allowed
+
+
+def test_images_that_would_not_fit_in_memory_are_refused_before_any_is_decoded(tiny_dataset_root, monkeypatch):
+    from types import SimpleNamespace
+
+    import psutil
+
+    from defectlab import data
+    from defectlab.data import layout
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=64 * 2 ** 20))  # 64 MiB free
+
+    def no_decoding(*arguments, **keywords):
+        raise AssertionError("images were decoded before the memory check")
+
+    monkeypatch.setattr(layout, "load_images", no_decoding)
+    with pytest.raises(data.DatasetError, match=r"images at 1024 px need .* GiB once decoded, more than half of the 0.1 GiB.*lower image_size"):
+        data.load_category(str(tiny_dataset_root), "carpet", 1024)

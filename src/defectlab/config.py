@@ -23,6 +23,10 @@ from defectlab.errors import DefectlabError
 
 OPTIMIZERS = ("sgd", "adam")
 MIN_IMAGE_SIZE = 32
+# Twice MVTec AD's largest originals (1024 px): beyond it one image's activations alone
+# outgrow a workstation, and a mistyped size (100000) would only be found when the kernel
+# kills the process.
+MAX_IMAGE_SIZE = 2048
 
 
 class ConfigError(DefectlabError, ValueError):
@@ -63,6 +67,7 @@ class RunConfig:
             raise ConfigError(
                 f"image_size must be at least {MIN_IMAGE_SIZE} pixels, got {self.image_size}"
             )
+        check_image_size_bound(self.image_size)
         if self.repeats < 1:
             raise ConfigError(f"repeats must be at least 1, got {self.repeats}")
         check_resize(self.resize)
@@ -72,6 +77,15 @@ class RunConfig:
                 f"threshold_fpr must be a false-alarm rate in [0, 1) (0: the largest held-out good score), "
                 f"got {self.threshold_fpr}"
             )
+
+
+def check_image_size_bound(image_size: int) -> None:
+    """`ConfigError` for an ``image_size`` above `MAX_IMAGE_SIZE`."""
+    if image_size > MAX_IMAGE_SIZE:
+        raise ConfigError(
+            f"image_size must be at most {MAX_IMAGE_SIZE} pixels, got {image_size}; "
+            "MVTec AD's originals are at most 1024 px and the methods are run at 64 to 320"
+        )
 
 
 def check_resize(resize: str) -> None:
@@ -144,6 +158,7 @@ class EvaluateConfig:
                 f"image_size must be 0 (the detector's own) or at least {MIN_IMAGE_SIZE} pixels, "
                 f"got {self.image_size}"
             )
+        check_image_size_bound(self.image_size)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         check_on_bad_image(self.on_bad_image)

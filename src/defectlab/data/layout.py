@@ -47,6 +47,10 @@ DEFAULT_VAL_FRACTION = 0.5
 DEFAULT_THRESHOLD_FRACTION = 0.1
 TABLE_COLUMNS = ("path", "label", "defect_type", "split", "mask_path")
 SKIPPED_COLUMNS = ("path", "reason")
+# The decoded images may take at most this share of the memory available when a run starts:
+# the rest is for the network, its activations and the method's own state.
+IMAGE_MEMORY_SHARE = 0.5
+GIB = 1024 ** 3
 
 logger = logging.getLogger(__name__)
 
@@ -421,6 +425,7 @@ def load_category(
                 root.name, category, len(skipped), skipped["path"].iloc[0], skipped["reason"].iloc[0],
             )
             table = table[~table["path"].isin(skipped["path"])].reset_index(drop=True)
+    check_images_fit_in_memory(len(table), image_size, grayscale, f"{root.name}/{category}")
     warn_about_non_square_images(table["path"].tolist(), resize, f"{root.name}/{category}", cache_dir)
     table = split_category_table(
         table, seed=seed, val_fraction=val_fraction, threshold_fraction=threshold_fraction,
@@ -430,6 +435,20 @@ def load_category(
     return CategoryData(
         root=root, category=category, table=table, images=images, skipped=skipped, on_bad_image=on_bad_image
     )
+
+
+def check_images_fit_in_memory(n_images: int, image_size: int, grayscale: bool, where: str) -> None:
+    """`DatasetError` before any decoding when ``n_images`` decoded images would need more than
+    `IMAGE_MEMORY_SHARE` of the memory available now (uint8, ``image_size`` square)."""
+    import psutil
+
+    needed = n_images * image_size * image_size * (1 if grayscale else 3)
+    available = psutil.virtual_memory().available
+    if needed > IMAGE_MEMORY_SHARE * available:
+        raise DatasetError(
+            f"{where}: {n_images} images at {image_size} px need {needed / GIB:.1f} GiB once decoded, more than "
+            f"half of the {available / GIB:.1f} GiB of memory available; lower image_size"
+        )
 
 
 def good_train_paths_of_other_categories(root: Path, category: str) -> dict[str, list[str]]:
