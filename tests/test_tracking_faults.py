@@ -99,3 +99,33 @@ def test_missing_s3_bucket_is_named(monkeypatch):
         tracking.check_artifact_store("s3://present-bucket/mlartifacts/1/run/artifacts")
         with pytest.raises(tracking.ArtifactStoreError, match="S3 bucket 'absent-bucket'.*does not exist"):
             tracking.check_artifact_store("s3://absent-bucket/mlartifacts/1/run/artifacts")
+
+
+def test_a_run_killed_with_sigterm_ends_killed_with_the_reason(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    child = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time, mlflow\n"
+            "from defectlab import tracking\n"
+            f"mlflow.set_tracking_uri({uri!r})\n"
+            "with tracking.tracked_run({'seed': 0}, {'method': 'patch'}):\n"
+            "    print('open', flush=True)\n"
+            "    time.sleep(120)\n"
+        )],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "open"  # the run is open
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode != 0
+    mlflow.set_tracking_uri(uri)
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "KILLED"
+    assert "TerminatedError" in run.data.tags["failure_reason"] and "SIGTERM" in run.data.tags["failure_reason"]

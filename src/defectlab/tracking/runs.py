@@ -7,6 +7,8 @@ import contextlib
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +23,32 @@ def _param_value(value) -> str:
     return str(value)
 
 
+class TerminatedError(BaseException):
+    """The process received SIGTERM (a ``kill``, a pod eviction, a CI timeout) while a run was open.
+
+    A `BaseException`, like `KeyboardInterrupt`, so that no ``except Exception``
+    on the way swallows it: the run ends KILLED with the reason, then the
+    process exits.
+    """
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """While open, SIGTERM raises `TerminatedError` in the main thread (elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signal_number, frame):
+        raise TerminatedError(f"received SIGTERM (signal {signal_number}): the process was asked to stop")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextlib.contextmanager
 def tracked_run(params: dict, tags: dict, run_name: str | None = None, nested: bool = False,
                 log_system_metrics: bool = False):
@@ -30,31 +58,32 @@ def tracked_run(params: dict, tags: dict, run_name: str | None = None, nested: b
     the run's ``system/*`` metrics while it is open.
 
     Training runs pass ``dataclasses.asdict(config)`` as ``params``. FINISHED on success, FAILED (KILLED
-    for Ctrl-C) with the tag ``failure_reason`` on an exception, which propagates.
+    for Ctrl-C and SIGTERM) with the tag ``failure_reason`` on an exception, which propagates.
     The artifact store is checked first (`check_artifact_store`), so a missing
     bucket ends the run before any work.
     """
     check_tracking_server()
     run = mlflow.start_run(run_name=run_name, nested=nested, log_system_metrics=log_system_metrics)
-    try:
-        check_artifact_store(run.info.artifact_uri)
-        # Under `mlflow run` the entry point's parameters are already logged, empty strings
-        # as the shell-quoted "''": logging "" again would be refused as a changed value.
-        already_logged = set(run.data.params)
-        mlflow.log_params({
-            key: _param_value(value) for key, value in params.items() if key not in already_logged
-        })
-        mlflow.set_tags({key: str(value) for key, value in tags.items()})
-        yield run
-    except BaseException as error:
-        with contextlib.suppress(Exception):
-            mlflow.set_tag("failure_reason", f"{type(error).__name__}: {error}"[:5000])
-        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-        with contextlib.suppress(Exception):
-            mlflow.end_run(status=status)
-        raise
-    else:
-        mlflow.end_run(status="FINISHED")
+    with _sigterm_raises():
+        try:
+            check_artifact_store(run.info.artifact_uri)
+            # Under `mlflow run` the entry point's parameters are already logged, empty strings
+            # as the shell-quoted "''": logging "" again would be refused as a changed value.
+            already_logged = set(run.data.params)
+            mlflow.log_params({
+                key: _param_value(value) for key, value in params.items() if key not in already_logged
+            })
+            mlflow.set_tags({key: str(value) for key, value in tags.items()})
+            yield run
+        except BaseException as error:
+            with contextlib.suppress(Exception):
+                mlflow.set_tag("failure_reason", f"{type(error).__name__}: {error}"[:5000])
+            status = "KILLED" if isinstance(error, (KeyboardInterrupt, TerminatedError)) else "FAILED"
+            with contextlib.suppress(Exception):
+                mlflow.end_run(status=status)
+            raise
+        else:
+            mlflow.end_run(status="FINISHED")
 
 
 def log_tags(tags: dict) -> None:
