@@ -107,6 +107,31 @@ def test_non_finite_loss_fails_the_run_and_registers_nothing(tiny_dataset_root, 
     assert mlflow.MlflowClient().search_registered_models() == []
 
 
+def test_an_epoch_loss_orders_of_magnitude_above_the_start_is_divergence():
+    from defectlab.methods.keras_training import DIVERGENCE_FACTOR, DivergedTrainingError, RaiseOnBadLoss
+
+    guard = RaiseOnBadLoss()
+    guard.on_train_begin()
+    guard.on_train_batch_end(0, {"loss": 2.0})
+    guard.on_train_batch_end(1, {"loss": 900.0})  # a bad batch alone is not divergence
+    guard.on_epoch_end(0, {"loss": 0.99 * DIVERGENCE_FACTOR * 2.0})  # just under: a rough start
+    with pytest.raises(DivergedTrainingError, match=r"loss rose from 2 \(first batch\) to 4.4e\+07 \(epoch 2\).*lower learning_rate"):
+        guard.on_epoch_end(1, {"loss": 4.4e7})
+
+
+@pytest.mark.training
+def test_a_diverged_training_fails_the_run_and_registers_nothing(tiny_dataset_root, tracking_uri):
+    from defectlab.methods.keras_training import DivergedTrainingError
+
+    # The newcomer's case: 64 px, 2 epochs, learning rate 1e6 (loss 4.4e7, then 1.1e8).
+    config = tiny_config(tiny_dataset_root, epochs=2, learning_rate=1e6, register_as="never-registered")
+    with pytest.raises((DivergedTrainingError, NonFiniteLossError)):
+        run_training(config)
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert runs["status"].tolist() == ["FAILED"]
+    assert mlflow.MlflowClient().search_registered_models() == []
+
+
 @pytest.mark.training
 def test_ensemble_score_is_mean_of_member_z_scores(tiny_dataset_root, tracking_uri, tmp_path):
     result = run_training(tiny_config(tiny_dataset_root, ensemble=2, epochs=1, reference_size=40))

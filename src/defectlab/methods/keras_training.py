@@ -14,13 +14,41 @@ class NonFiniteLossError(DefectlabError, RuntimeError):
     """Training produced a NaN or infinite loss."""
 
 
-class RaiseOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stop training with `NonFiniteLossError` as soon as the loss is NaN or infinite."""
+class DivergedTrainingError(DefectlabError, RuntimeError):
+    """Training diverged: an epoch's loss ended orders of magnitude above where training started."""
+
+
+# An epoch whose mean loss exceeds the first batch's by this factor has diverged: a softmax
+# loss starts near ln(classes) and an SSIM loss is at most 2, so no healthy run gets there
+# (--learning-rate 1e6 reached 4.4e7 in its first epoch).
+DIVERGENCE_FACTOR = 100.0
+
+
+class RaiseOnBadLoss(keras.callbacks.Callback):
+    """Stop training as soon as the loss is NaN or infinite (`NonFiniteLossError`), or when an
+    epoch's loss ends `DIVERGENCE_FACTOR` times above the first batch's (`DivergedTrainingError`)."""
+
+    def on_train_begin(self, logs=None):
+        self.first_batch_loss = None
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
+        if loss is None:
+            return
+        if not math.isfinite(float(loss)):
             raise NonFiniteLossError(f"training loss became {float(loss)} at batch {batch}")
+        if self.first_batch_loss is None:
+            self.first_batch_loss = float(loss)
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or self.first_batch_loss is None or self.first_batch_loss <= 0:
+            return
+        if float(loss) > DIVERGENCE_FACTOR * self.first_batch_loss:
+            raise DivergedTrainingError(
+                f"training diverged: the loss rose from {self.first_batch_loss:.4g} (first batch) to "
+                f"{float(loss):.4g} (epoch {epoch + 1}); the run is not registered; lower learning_rate"
+            )
 
 
 def progress_verbosity() -> int:

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from defectlab import data
-from defectlab.methods.keras_training import RaiseOnNonFiniteLoss, make_optimizer, progress_verbosity
+from defectlab.methods.keras_training import RaiseOnBadLoss, make_optimizer, progress_verbosity
 from defectlab.methods.metric.config import MetricConfig
 from defectlab.methods.metric.network import build_l2_softmax_classifier
 # The detector lives in its own module (no TensorFlow at import: exported detectors reuse it);
@@ -215,7 +215,7 @@ def train_l2_softmax(
         epochs=config.epochs,
         steps_per_epoch=steps_per_epoch,
         shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn that it ignores this
-        callbacks=[RaiseOnNonFiniteLoss(), *(callbacks or [])],
+        callbacks=[RaiseOnBadLoss(), *(callbacks or [])],
         verbose=progress_verbosity() if verbose is None else verbose,
     )
     return classifier, history

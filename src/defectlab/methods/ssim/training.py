@@ -50,7 +50,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from defectlab.methods.keras_training import RaiseOnNonFiniteLoss, make_optimizer
+from defectlab.methods.keras_training import RaiseOnBadLoss, make_optimizer
 from defectlab.methods.ssim.config import SSIMConfig
 from defectlab.methods.ssim.network import build_ssim_autoencoder
 # The image score is NumPy in a module of its own (exported detectors use it without TensorFlow).
@@ -264,7 +264,7 @@ def train_ssim_autoencoder(
         augmented_dataset(good_images, config.category, config.augment_to, config.batch_size, seed),
         epochs=config.epochs,
         shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn that it ignores this
-        callbacks=[RaiseOnNonFiniteLoss(), *(callbacks or [])],
+        callbacks=[RaiseOnBadLoss(), *(callbacks or [])],
         verbose=verbose,
     )
     # An uncompiled twin sharing the trained layers: saves and reloads without the loss function.
