@@ -241,3 +241,15 @@ def test_an_unknown_bad_image_policy_is_refused(tmp_path):
     write_category(tmp_path / "set", [(48, 48)] * 8)
     with pytest.raises(data.DatasetError, match="on_bad_image must be one of error, skip"):
         data.load_category(tmp_path / "set", "widgets", 32, on_bad_image="ignore")
+
+
+@pytest.mark.parametrize("width, height", [(1, 1), (7, 40), (300, 4)])
+def test_an_image_with_a_side_under_the_minimum_is_refused_saying_its_size(width, height, tmp_path):
+    from defectlab.data.decoder import MIN_INPUT_SIDE
+
+    path = tmp_path / "tiny.png"
+    Image.new("RGB", (width, height), (120, 120, 120)).save(path)
+    with pytest.raises(ImageDecodeError, match=f"the image is {width}x{height} pixels, smaller than the {MIN_INPUT_SIDE} pixels a side"):
+        ImageDecoder(64).decode(path)
+    Image.new("RGB", (MIN_INPUT_SIDE, MIN_INPUT_SIDE)).save(path)
+    assert ImageDecoder(64).decode(path).shape == (64, 64, 3)

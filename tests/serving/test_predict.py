@@ -247,3 +247,21 @@ def test_without_a_terminal_progress_is_one_log_line_per_n_images(use_tiny_patch
     assert result.exit_code == 0, result.output
     lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("predict:")]
     assert lines == [f"predict: {done} of {total} images done" for done in (*range(4, total, 4), total)]
+
+
+def test_a_folder_lists_broken_links_and_link_loops_so_they_are_accounted_for(tmp_path):
+    from defectlab.serving.predict import list_input_images
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "good.png").write_bytes(b"not checked here")
+    (folder / "loop.png").symlink_to(folder / "loop.png")  # a link to itself
+    (folder / "gone.png").symlink_to(folder / "missing.png")
+    (folder / "sub.png").mkdir()  # a folder named like an image is not an image
+    assert [Path(path).name for path in list_input_images(str(folder))] == ["gone.png", "good.png", "loop.png"]
+    # and decoding them says why, so predict writes them to errors.csv
+    from defectlab.data import ImageDecodeError, ImageDecoder
+
+    for name in ("loop.png", "gone.png"):
+        with pytest.raises(ImageDecodeError, match="not a readable PNG/JPEG image"):
+            ImageDecoder(64).decode(folder / name)

@@ -38,6 +38,9 @@ from defectlab.errors import DefectlabError
 
 # ~6300 x 6300: well above MVTec's 1024 px, far below a memory bomb.
 MAX_INPUT_PIXELS = 40_000_000
+# The smallest side a detector accepts: a smaller image (a 1 x 1 thumbnail, a stray icon)
+# holds nothing to find a defect in once stretched to the run's size.
+MIN_INPUT_SIDE = 8
 RESAMPLING_FILTERS = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -172,6 +175,11 @@ def _opened_upright(source: bytes | str | os.PathLike):
     try:
         with Image.open(source) as image:
             width, height = image.size
+            if min(width, height) < MIN_INPUT_SIDE:
+                raise ImageDecodeError(
+                    f"the image is {width}x{height} pixels, smaller than the {MIN_INPUT_SIDE} pixels a side "
+                    "a detector accepts"
+                )
             if width * height > MAX_INPUT_PIXELS:
                 raise ImageDecodeError(
                     f"the image is {width}x{height} pixels, more than the {MAX_INPUT_PIXELS} "

@@ -118,9 +118,12 @@ def list_input_images(input_spec: str) -> list[str]:
     """
     candidate = Path(input_spec).expanduser()
     if candidate.is_dir():
+        # Every entry named like an image that is not a folder: a broken link or a link loop
+        # (which is_file() calls neither file nor folder) is listed too, so that it lands in
+        # errors.csv with its reason instead of vanishing.
         paths = sorted(
             str(path) for path in candidate.rglob("*")
-            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+            if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir()
         )
         where = f"the folder {input_spec} (searched recursively for {', '.join(IMAGE_SUFFIXES)})"
     elif candidate.is_file() and candidate.suffix.lower() in IMAGE_SUFFIXES:
