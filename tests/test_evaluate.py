@@ -109,3 +109,28 @@ def test_images_that_would_not_fit_in_memory_are_refused_before_any_is_decoded(t
     monkeypatch.setattr(layout, "load_images", no_decoding)
     with pytest.raises(data.DatasetError, match=r"images at 1024 px need .* GiB once decoded, more than half of the 0.1 GiB.*lower image_size"):
         data.load_category(str(tiny_dataset_root), "carpet", 1024)
+
+
+@pytest.mark.training
+def test_without_category_the_model_is_evaluated_on_the_data_it_was_trained_on(tiny_dataset_root, tracking_uri):
+    from defectlab.methods.patch import PatchConfig
+    from defectlab.runner import run_evaluate, run_training
+
+    trained = run_training(PatchConfig(
+        data_dir=str(tiny_dataset_root), category="leather", image_size=64, backbone="pixels",
+    ))
+    evaluated = run_evaluate(EvaluateConfig(model_uri=trained.detector_uri))
+    tags = mlflow.get_run(evaluated.run_id).data.tags
+    assert tags["category"] == "leather" and tags["dataset"] == tiny_dataset_root.name  # not the built-in carpet
+    assert evaluated.metrics["test_image_auroc"] == pytest.approx(trained.metrics["test_image_auroc"])
+
+
+def test_a_model_whose_run_recorded_no_data_must_be_given_its_category(tracking_uri):
+    from defectlab.runner import with_training_data
+
+    with mlflow.start_run() as bare:
+        pass
+    with pytest.raises(ConfigError, match=r"recorded no category or data_dir: pass --category and --data-dir"):
+        with_training_data(EvaluateConfig(model_uri=f"runs:/{bare.info.run_id}/detector"))
+    given = EvaluateConfig(model_uri=f"runs:/{bare.info.run_id}/detector", category="carpet", data_dir="synthetic")
+    assert with_training_data(given) == given  # named data is taken as it is

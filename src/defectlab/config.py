@@ -128,15 +128,17 @@ class TrainedConfig(RunConfig):
 class EvaluateConfig:
     """Scoring a logged or registered detector on one category (``defectlab evaluate``).
 
-    ``image_size`` 0 means the detector's own size; the detector always scores
-    at its own size, ``image_size`` only sets the size of the images in the
-    ranked grids. ``batch_size`` is how many images go through the detector's
-    ``predict`` at a time.
+    ``category`` and ``data_dir`` empty (the default) mean the data the
+    detector was trained on, read from its training run; other data must be
+    named. ``image_size`` 0 means the detector's own size; the detector always
+    scores at its own size (and with its own ``resize``), ``image_size`` only
+    sets the size of the images in the ranked grids. ``batch_size`` is how many
+    images go through the detector's ``predict`` at a time.
     """
 
     model_uri: str = ""
-    category: str = "carpet"
-    data_dir: str = "synthetic"
+    category: str = ""
+    data_dir: str = ""
     image_size: int = 0
     batch_size: int = 64
     seed: int = 0
@@ -151,8 +153,6 @@ class EvaluateConfig:
             raise ConfigError(
                 "model_uri is required, e.g. models:/defectlab-metric-carpet@champion or runs:/<run_id>/detector"
             )
-        if not self.category:
-            raise ConfigError("category must not be empty")
         if self.image_size != 0 and self.image_size < MIN_IMAGE_SIZE:
             raise ConfigError(
                 f"image_size must be 0 (the detector's own) or at least {MIN_IMAGE_SIZE} pixels, "

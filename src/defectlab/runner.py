@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from defectlab import data, evaluation, tracking
-from defectlab.config import EvaluateConfig
+from defectlab.config import ConfigError, EvaluateConfig
 from defectlab.evaluation.pixel import heatmap_figures, pixel_metrics
 from defectlab.methods import method_by_tag, method_of_config
 from defectlab.methods.base import Method
@@ -234,6 +234,36 @@ def evaluation_tags(config: EvaluateConfig, bundle_config: dict, dataset: data.C
     }
 
 
+def with_training_data(config: EvaluateConfig) -> EvaluateConfig:
+    """``config`` with an empty ``category``/``data_dir`` filled from the model's training run.
+
+    A detector is only meaningful on the data it was trained for: evaluating a
+    tiles detector on the built-in carpet scored and logged a number that
+    meant nothing. Raises `ConfigError` when the model has no training run to
+    read them from (a bundle folder) or the run recorded none.
+    """
+    import mlflow
+
+    from defectlab.tracking.registry import run_id_of_model_uri
+
+    if config.category and config.data_dir:
+        return config
+    run_id = run_id_of_model_uri(config.model_uri)
+    missing = " and ".join(f"--{name.replace('_', '-')}" for name in ("category", "data_dir") if not getattr(config, name))
+    if run_id is None:
+        raise ConfigError(f"{config.model_uri} has no training run to read its data from: pass {missing}")
+    params = mlflow.get_run(run_id).data.params
+    category = config.category or params.get("category", "")
+    data_dir = config.data_dir or params.get("data_dir", "")
+    if not category or not data_dir:
+        raise ConfigError(f"the training run {run_id} of {config.model_uri} recorded no category or data_dir: pass {missing}")
+    logger.info(
+        "evaluating on category %s of %s: the data of the model's training run %s "
+        "(--category and --data-dir name other data)", category, data_dir, run_id,
+    )
+    return dataclasses.replace(config, category=category, data_dir=data_dir)
+
+
 def run_evaluate(config: EvaluateConfig, run_name: str | None = None) -> RunResult:
     """Score a logged or registered detector on one category and log a run like a training run's.
 
@@ -248,6 +278,7 @@ def run_evaluate(config: EvaluateConfig, run_name: str | None = None) -> RunResu
 
     tracking.check_tracking_server()
     pyfunc_model, detector = load_logged_detector(config.model_uri)
+    config = with_training_data(config)
     bundle_config = detector.bundle_config
     method = method_by_tag(bundle_config["method"])
     decoder = detector.decoder
