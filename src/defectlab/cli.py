@@ -14,10 +14,14 @@ import sys
 
 import click
 
-from defectlab.config import EvaluateConfig, ExportConfig, PredictConfig, config_defaults
+from defectlab.config import (
+    DEFAULT_PROMOTION_METRIC, EXPORT_FORMATS, OPTIMIZERS, EvaluateConfig, ExportConfig, PredictConfig,
+    config_defaults,
+)
+from defectlab.data.decoder import BAD_IMAGE_POLICIES, RESIZE_MODES
 from defectlab.errors import DefectlabError
 from defectlab.methods import all_methods
-from defectlab.tracking.registry import DEFAULT_PROMOTION_METRIC
+from defectlab.option_help import option_help
 from defectlab.tuning.config import TuneConfig
 
 # Errors that are the user's to fix: shown as one line, without a traceback.
@@ -26,6 +30,33 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (DefectlabError, FileNotFound
 # Settings that are not about training one model (registration, repeated seeds) stay out.
 TUNE_FIELDS = frozenset(config_defaults(TuneConfig))
 TUNE_EXCLUDED_TRAINING_FIELDS = frozenset({"register_as", "repeats"})
+# Options a command cannot run without (click says so in --help and before anything runs).
+REQUIRED_FIELDS = frozenset({"model_uri"})
+
+
+class ShownChoice(click.Choice):
+    """A fixed set of values, listed in ``--help`` and offered to shell completion.
+
+    Any value passes through to the config, whose own check refuses a wrong
+    one with the same one-line `ConfigError` as the library (one source of
+    truth for the message, whether the setting comes from the CLI or code).
+    """
+
+    def convert(self, value, param, ctx):
+        return value
+
+
+def option_choices() -> dict[str, tuple[str, ...]]:
+    """The fixed values of the options that have them, by config field name."""
+    from defectlab.methods.backbones import BACKBONE_ARCHITECTURES
+    from defectlab.methods.patch.config import SEARCH_INDEX_CHOICES
+    from defectlab.methods.ssim.config import SSIM_LOSSES
+
+    return {
+        "resize": RESIZE_MODES, "on_bad_image": BAD_IMAGE_POLICIES, "optimizer": OPTIMIZERS,
+        "backbone_arch": BACKBONE_ARCHITECTURES, "search_index": SEARCH_INDEX_CHOICES, "loss": SSIM_LOSSES,
+        "format": EXPORT_FORMATS, "method": tuple(method.name for method in all_methods()),
+    }
 
 
 class OrMethodDefault(click.ParamType):
@@ -41,17 +72,28 @@ class OrMethodDefault(click.ParamType):
         return self.value_type.convert(value, param, ctx)
 
 
-def field_option(field: dataclasses.Field, method_default: bool = False) -> click.Option:
-    """``--field-name``, typed and defaulted from a dataclass field (empty: the method's default)."""
+def field_option(field: dataclasses.Field, config_name: str, method_default: bool = False) -> click.Option:
+    """``--field-name``, typed, defaulted and explained from a dataclass field (empty: the method's default).
+
+    The help line comes from `defectlab.option_help` (also the reference's
+    table); a field of a plug-in method without one gets none.
+    """
     option_type = {bool: click.BOOL, int: click.INT, float: click.FLOAT}.get(
         type(field.default), click.STRING
     )
+    if field.name in option_choices() and option_type is click.STRING:
+        option_type = ShownChoice(option_choices()[field.name])
     default = field.default
     if method_default:
         option_type, default = OrMethodDefault(option_type), None
+    try:
+        help_text = option_help(config_name, field.name)
+    except KeyError:
+        help_text = None
+    required = field.name in REQUIRED_FIELDS
     return click.Option(
-        ["--" + field.name.replace("_", "-"), field.name], type=option_type, default=default,
-        show_default=True,
+        ["--" + field.name.replace("_", "-"), field.name], type=option_type,
+        default=None if required else default, show_default=not required, help=help_text, required=required,
     )
 
 
@@ -64,11 +106,11 @@ def config_options(config_class):
 
     def decorate(command):
         for field in reversed(dataclasses.fields(config_class)):
-            option = field_option(field)
+            option = field_option(field, config_class.__name__)
             switch = {"is_flag": False, "flag_value": True} if option.type is click.BOOL else {}
             command = click.option(
-                *option.opts, field.name, type=option.type, default=option.default, show_default=True,
-                **switch,
+                *option.opts, field.name, type=option.type, default=option.default,
+                show_default=option.show_default, help=option.help, required=option.required, **switch,
             )(command)
         return command
 
@@ -94,20 +136,23 @@ def training_command(method) -> click.Command:
 
     return click.Command(
         method.name, callback=train, help=method.summary,
-        params=[field_option(field) for field in dataclasses.fields(method.config_class)],
+        params=[field_option(field, method.config_class.__name__) for field in dataclasses.fields(method.config_class)],
     )
 
 
 def tune_training_options(methods) -> list[click.Option]:
     """One option per training setting of any method, defaulted to the methods' common
     default, or empty (the chosen method's default) where their defaults differ."""
-    fields, defaults = {}, {}
+    fields, defaults, owners = {}, {}, {}
     for method in methods:
         for field in dataclasses.fields(method.config_class):
             if field.name not in TUNE_FIELDS | TUNE_EXCLUDED_TRAINING_FIELDS:
                 fields.setdefault(field.name, field)
+                owners.setdefault(field.name, method.config_class.__name__)
                 defaults.setdefault(field.name, set()).add(field.default)
-    return [field_option(field, method_default=len(defaults[name]) > 1) for name, field in fields.items()]
+    return [
+        field_option(field, owners[name], method_default=len(defaults[name]) > 1) for name, field in fields.items()
+    ]
 
 
 def run_tune(**options) -> None:
@@ -135,7 +180,7 @@ def tune_command() -> click.Command:
     return click.Command(
         "tune", callback=run_tune, help=run_tune.__doc__,
         params=[
-            *(field_option(field) for field in dataclasses.fields(TuneConfig)),
+            *(field_option(field, TuneConfig.__name__) for field in dataclasses.fields(TuneConfig)),
             *tune_training_options(all_methods()),
         ],
     )
@@ -157,6 +202,7 @@ class MethodCommands(click.Group):
 
 
 @click.group(cls=MethodCommands)
+@click.version_option(package_name="defectlab", prog_name="defectlab")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def main(verbose: bool) -> None:
     """defectlab: tracked, tunable visual anomaly detection."""
@@ -180,8 +226,8 @@ def echo_training_results(config, results) -> None:
 
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the dataset into.")
-@click.option("--image-size", default=256, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--image-size", default=256, show_default=True, type=int, help="Side of the written images in pixels.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the drawing: the same seed writes the same files.")
 @click.option("--count-scale", default=1.0, show_default=True, type=float, help="Multiplies the per-category image counts.")
 @click.option("--category", "categories", multiple=True, help="Only these categories (repeatable); default all four.")
 def synth(out: str, image_size: int, seed: int, count_scale: float, categories: tuple[str, ...]) -> None:
@@ -218,13 +264,13 @@ def data_download(to_dir: str, categories: tuple[str, ...], url: str | None, sha
 
 
 @main.command()
-@click.option("--data-dir", default="synthetic", show_default=True)
+@click.option("--data-dir", default="synthetic", show_default=True, help="Dataset root in MVTec AD layout, or 'synthetic'.")
 @click.option("--category", "categories", multiple=True, help="Categories (repeatable); default all in the dataset.")
-@click.option("--image-size", default=64, show_default=True, type=int)
-@click.option("--n-components", default=20, show_default=True, type=int)
-@click.option("--lof-neighbors", default=20, show_default=True, type=int)
-@click.option("--grayscale", default=False, show_default=True, type=click.BOOL)
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--image-size", default=64, show_default=True, type=int, help="Images are resized to this many pixels square.")
+@click.option("--n-components", default=20, show_default=True, type=int, help="PCA components kept of the pixels.")
+@click.option("--lof-neighbors", default=20, show_default=True, type=int, help="Neighbours of the LocalOutlierFactor.")
+@click.option("--grayscale", default=False, show_default=True, type=click.BOOL, help="Use one grey channel.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the splits.")
 def baseline(data_dir: str, categories: tuple[str, ...], image_size: int, n_components: int,
              lof_neighbors: int, grayscale: bool, seed: int) -> None:
     """PCA on pixels + LOF: the plain baseline every detector must beat (whole test set)."""

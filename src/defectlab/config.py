@@ -22,6 +22,8 @@ from defectlab.data.decoder import BAD_IMAGE_POLICIES, RESIZE_MODES
 from defectlab.errors import DefectlabError
 
 OPTIMIZERS = ("sgd", "adam")
+# What `defectlab promote` compares versions on by default: the validation split, as tuning.
+DEFAULT_PROMOTION_METRIC = "val_image_auroc"
 MIN_IMAGE_SIZE = 32
 # Twice MVTec AD's largest originals (1024 px): beyond it one image's activations alone
 # outgrow a workstation, and a mistyped size (100000) would only be found when the kernel

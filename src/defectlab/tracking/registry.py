@@ -20,10 +20,10 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from defectlab.config import DEFAULT_PROMOTION_METRIC
 from defectlab.errors import DefectlabError
 
 CHAMPION_ALIAS = "champion"
-DEFAULT_PROMOTION_METRIC = "val_image_auroc"
 TEST_SPLIT_PREFIX = "test_"
 
 

@@ -1,0 +1,53 @@
+"""Every option explains itself, in --help and in the reference, from one source."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+from click.testing import CliRunner
+
+from defectlab.cli import main
+from defectlab.option_help import options_markdown
+
+REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "reference.md"
+BUILT_IN_COMMANDS = ("metric", "ssim", "patch", "tune", "evaluate", "predict", "export", "promote", "compare",
+                     "synth", "baseline")
+
+
+def test_every_option_of_every_command_has_a_line_of_help():
+    context = click.Context(main)
+    missing = [
+        f"{name} --{parameter.name}"
+        for name in BUILT_IN_COMMANDS
+        for parameter in main.get_command(context, name).params
+        if isinstance(parameter, click.Option) and not (parameter.help or "").strip()
+    ]
+    assert missing == []
+
+
+def test_the_reference_holds_the_same_help_as_the_cli():
+    text = REFERENCE.read_text()
+    section = text.split("<!-- options:start -->\n", 1)[1].split("\n<!-- options:end -->", 1)[0]
+    assert section == options_markdown(), "docs/reference.md is stale: python -m defectlab.option_help"
+
+
+def test_fixed_choices_are_listed_and_a_wrong_one_is_still_the_config_error():
+    patch_help = CliRunner().invoke(main, ["patch", "--help"]).output
+    assert "[stretch|center_crop|pad]" in patch_help and "[auto|exact|ivf]" in patch_help
+    assert "[mobilenet_v2|efficientnet_lite0]" in patch_help
+    evaluate_help = CliRunner().invoke(main, ["evaluate", "--help"]).output
+    assert "[required]" in evaluate_help.split("--category")[0]  # the --model-uri entry
+    result = CliRunner().invoke(main, ["patch", "--search-index", "hnsw"])
+    assert result.exit_code == 1 and "search_index must be one of auto, exact, ivf, got 'hnsw'" in result.output
+
+
+def test_version_and_help_need_neither_tensorflow_nor_mlflow():
+    assert CliRunner().invoke(main, ["--version"]).output.startswith("defectlab, version ")
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, defectlab.cli; print(sorted({'tensorflow', 'keras', 'mlflow'} & set(sys.modules)))"],
+        capture_output=True, text=True, check=True,
+    )
+    assert probe.stdout.strip() == "[]"
