@@ -51,3 +51,14 @@ def test_version_and_help_need_neither_tensorflow_nor_mlflow():
         capture_output=True, text=True, check=True,
     )
     assert probe.stdout.strip() == "[]"
+
+
+def test_the_console_script_quiets_download_bars_unless_the_user_set_them(monkeypatch):
+    import os
+
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # the user's own choice
+    CliRunner().invoke(main, ["--version"])
+    CliRunner().invoke(main, ["promote", "--help"])
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 
 import click
@@ -30,6 +31,7 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (DefectlabError, FileNotFound
 # Settings that are not about training one model (registration, repeated seeds) stay out.
 TUNE_FIELDS = frozenset(config_defaults(TuneConfig))
 TUNE_EXCLUDED_TRAINING_FIELDS = frozenset({"register_as", "repeats"})
+QUIET_ENVIRONMENT = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TF_CPP_MIN_LOG_LEVEL": "1"}
 # Options a command cannot run without (click says so in --help and before anything runs).
 REQUIRED_FIELDS = frozenset({"model_uri"})
 
@@ -206,6 +208,10 @@ class MethodCommands(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def main(verbose: bool) -> None:
     """defectlab: tracked, tunable visual anomaly detection."""
+    # What a person reads: no MLflow download bars for a run's own small artifacts, and
+    # TensorFlow's C++ start-up chatter only from warnings up (a user's own setting wins).
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
