@@ -318,6 +318,19 @@ def clustered_coreset_indices(
     del part_of_patch
     projected = projection.all_rows(features, order)
 
+    # Each step is one small matrix-vector product: threads cost more to wake than they save
+    # (twice as slow with TensorFlow's thread pools in the same process, measured).
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        selected = _select_in_parts(projected, bounds, centroids, n_keep, on_step)
+    return order[np.asarray(selected[:n_keep], dtype=np.int64)]
+
+
+def _select_in_parts(projected: np.ndarray, bounds: np.ndarray, centroids: np.ndarray, n_keep: int,
+                     on_step) -> list[int]:
+    """The greedy rule over parts (rows ``bounds[p]:bounds[p + 1]`` of ``projected``); rows in selection order."""
+    n_parts = len(bounds) - 1
     selected = []
     parts, heap = {}, []
     for part_index in range(n_parts):
@@ -339,4 +352,4 @@ def clustered_coreset_indices(
         heapq.heappush(heap, (-part.largest_distance(), part_index))
         if on_step is not None:
             on_step(1)
-    return order[np.asarray(selected[:n_keep], dtype=np.int64)]
+    return selected
