@@ -79,6 +79,12 @@ def mobilenet_v2_weights_filename(backbone_alpha: float, image_size: int) -> str
     )
 
 
+def _first_line(error: BaseException) -> str:
+    """The error's first line, whole (never cut mid-sentence), or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def check_backbone_arch(backbone_arch: str) -> None:
     """`ConfigError` unless ``backbone_arch`` is one of `BACKBONE_ARCHITECTURES`."""
     if backbone_arch not in BACKBONE_ARCHITECTURES:
@@ -208,7 +214,7 @@ def resolve_backbone_weights(
             )
             raise WeightsUnavailableError(
                 f"ImageNet weights {filename} (MobileNetV2, backbone_alpha {backbone_alpha}) are not in "
-                f"{keras_cache_dir()} and cannot be downloaded ({str(error)[:200] or type(error).__name__}). "
+                f"{keras_cache_dir()} and cannot be downloaded ({_first_line(error)}). "
                 f"Copy the file from {MOBILENET_V2_WEIGHTS_URL}{filename} into {keras_cache_dir()}/, "
                 f"or {offline_alternative}.{cached_note}"
             ) from error

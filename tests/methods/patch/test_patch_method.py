@@ -207,3 +207,25 @@ def test_the_search_space_offers_only_layers_of_the_tuned_architecture(backbone_
     names = set(feature_layer_names(build_backbone(backbone_arch, 64)))
     pairs = default_search_space(PatchConfig(backbone_arch=backbone_arch), None)["feature_layers"]["choices"]
     assert pairs and all(set(pair.split(",")) <= names for pair in pairs)
+
+
+def test_the_offline_weights_error_keeps_the_whole_reason_and_lists_every_offline_choice(tmp_path, monkeypatch):
+    import keras
+
+    from defectlab.methods.backbones import WeightsUnavailableError
+    from defectlab.methods.patch.backbone import check_weights_backbone
+
+    reason = "URL fetch failure: " + "name or service not known; " * 12 + "end of the reason"
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras-home"))
+
+    def offline(*arguments, **keywords):
+        raise OSError(reason)
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(WeightsUnavailableError) as raised:
+        check_weights_backbone(PatchConfig(backbone="imagenet", image_size=96))
+    message = str(raised.value)
+    assert reason in message  # whole, not cut at 200 characters
+    assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_96_no_top.h5" in message
+    for choice in ("backbone_arch=efficientnet_lite0", "pixels", "self", "none"):
+        assert choice in message
