@@ -212,14 +212,15 @@ class _GreedyPart:
         self.projected = projected
         self.squared_norms = _row_squared_norms(projected)
         self.min_squared_distance = np.full(len(projected), np.inf, dtype=np.float32)
+        self.farthest_row = 0
 
     def farthest(self) -> int:
         """The row farthest from the chosen set (a chosen row never: it sits at -1)."""
-        return int(np.argmax(self.min_squared_distance))
+        return self.farthest_row
 
     def largest_distance(self) -> float:
         """The squared distance of `farthest` (-1 once every row is chosen)."""
-        return float(self.min_squared_distance.max())
+        return float(self.min_squared_distance[self.farthest_row])
 
     def add_center(self, index: int) -> int:
         """Choose row ``index``: every row's distance to the set becomes min(old, distance to it)."""
@@ -234,6 +235,8 @@ class _GreedyPart:
         # chosen twice, even when rounding leaves it a tiny positive distance to
         # itself or the data hold exact duplicates.
         self.min_squared_distance[index] = -1.0
+        # Found once per step here, read by both `farthest` and `largest_distance`.
+        self.farthest_row = int(np.argmax(self.min_squared_distance))
         return index
 
 
