@@ -62,9 +62,9 @@ OPTION_HELP: dict[str, str] = {
     "storage": "Optuna storage URL shared by the workers, e.g. sqlite:///optuna.db or a PostgreSQL URL.",
     "study_name": "Name of the study; empty: <method>-<category>. Workers with the same name share it.",
     "search_space": "A YAML file replacing the method's built-in search space; empty: the built-in one.",
-    "pruning_interval": "Report val_image_auroc to the pruner every this many epochs.",
-    "heartbeat_interval": "Seconds between a worker's heartbeats (a silent worker's trial is marked failed).",
-    "grace_period": "Seconds a heartbeat may be late before its trial counts as dead.",
+    "pruning_interval": "Epochs between the validation scores a trial reports to the pruner; 0: no pruning.",
+    "heartbeat_interval": "Seconds between a worker's heartbeats.",
+    "grace_period": "Seconds without a heartbeat after which a worker's trial is marked failed and retried.",
     # Serving, evaluation, export
     "model_uri": "The detector: runs:/<run_id>/detector, models:/<name>@<alias>, models:/<name>/<version> or a folder.",
     "input": "Images to score: a folder (searched recursively), a glob, a text file of paths or one image.",
@@ -91,7 +91,7 @@ COMMAND_HELP: dict[tuple[str, str], str] = {
     ("ExportConfig", "out"): "Folder to write the exported MLflow model into.",
     ("ExportConfig", "register_as"): "Log the export as a run's detector and register it under this name.",
     ("ExportConfig", "log"): "Log the export as a run's detector without registering it.",
-    ("TuneConfig", "seed"): "Seeds the sampler (and, when not searched, the trials' training).",
+    ("TuneConfig", "seed"): "Seeds the sampler and the trials' training.",
 }
 
 
