@@ -16,7 +16,7 @@ from defectlab.methods.patch.arrays import not_fitted_error
 from defectlab.methods.patch.bank import PatchMemoryBank
 from defectlab.methods.patch.features import extract_patch_features
 from defectlab.methods.patch.maps import gaussian_smooth_maps, upsample_maps
-from defectlab.methods.patch.search import AUTO, PatchIndex
+from defectlab.methods.patch.search import AUTO, EXACT, PatchIndex
 from defectlab.progress import progress
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ class PatchCoreDetector:
         np.save(folder / BANK_FILE, self.memory_bank_.bank_, allow_pickle=False)
         index = self.memory_bank_.index_
         search = {**index.description(), "index_file": None}
-        if index.kind_ != "exact":
+        if index.kind_ != EXACT:
             np.save(folder / INDEX_FILE, index.to_bytes(), allow_pickle=False)
             search["index_file"] = INDEX_FILE
         return {

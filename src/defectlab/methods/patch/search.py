@@ -66,9 +66,22 @@ def ivf_cells(n_bank: int) -> int:
     return max(IVF_MIN_CELLS, min(int(4 * math.sqrt(n_bank)), n_bank // IVF_POINTS_PER_CELL))
 
 
+def index_kind(kind: str, n_bank: int) -> str:
+    """The index `PatchIndex.fit` builds for the setting ``kind`` on ``n_bank`` patches: exact or ivf.
+
+    ``auto`` is IVF above `AUTO_IVF_BANK`; ``ivf`` on a bank under `IVF_MIN_BANK`
+    (too few patches to train its cells) is exact.
+    """
+    if kind == AUTO:
+        return IVF if n_bank > AUTO_IVF_BANK else EXACT
+    if kind == IVF and n_bank < IVF_MIN_BANK:
+        return EXACT
+    return kind
+
+
 def index_bytes(kind: str, n_bank: int, feature_dim: int) -> int:
     """Memory of the search index beside the bank: IVF keeps its own copy, ids and centroids."""
-    if kind == EXACT or (kind == AUTO and n_bank <= AUTO_IVF_BANK) or n_bank < IVF_MIN_BANK:
+    if index_kind(kind, n_bank) == EXACT:
         return n_bank * feature_dim * FLOAT32_BYTES  # faiss's flat index holds a copy
     return n_bank * (feature_dim * FLOAT32_BYTES + INT64_BYTES) + ivf_cells(n_bank) * feature_dim * FLOAT32_BYTES
 
@@ -116,15 +129,12 @@ class PatchIndex:
         faiss = import_faiss()
         bank = as_feature_matrix(bank, "bank")
         n_bank, feature_dim = bank.shape
-        kind = self.kind
-        if kind == AUTO:
-            kind = IVF if n_bank > AUTO_IVF_BANK else EXACT
-        if kind == IVF and n_bank < IVF_MIN_BANK:
+        kind = index_kind(self.kind, n_bank)
+        if self.kind == IVF and kind == EXACT:
             logger.info(
                 "search_index=ivf: the bank holds %d patches, too few to train an IVF index (at least %d); "
                 "searching it exactly", n_bank, IVF_MIN_BANK,
             )
-            kind = EXACT
         if kind == IVF:
             nlist = ivf_cells(n_bank)
             quantizer = faiss.IndexFlatL2(feature_dim)
