@@ -37,6 +37,11 @@ PRETRAINED_FEATURE_LAYERS = "block_5_add,block_12_add"
 # stride 8 (40 channels) and 16 (112); without weights stride 4 (24) and 8.
 EFFICIENTNET_PRETRAINED_FEATURE_LAYERS = "block_4_add,block_10_add"
 EFFICIENTNET_RANDOM_FEATURE_LAYERS = "block_2_add,block_4_add"
+# backbone_arch -> (the pair with pretrained weights, the pair without).
+AUTO_FEATURE_LAYER_PAIRS = {
+    "mobilenet_v2": (PRETRAINED_FEATURE_LAYERS, RANDOM_FEATURE_LAYERS),
+    "efficientnet_lite0": (EFFICIENTNET_PRETRAINED_FEATURE_LAYERS, EFFICIENTNET_RANDOM_FEATURE_LAYERS),
+}
 
 
 @dataclass(frozen=True)
@@ -91,10 +96,8 @@ class PatchConfig(RunConfig):
         """The feature layers, ``auto`` resolved for the backbone."""
         layers = self.feature_layers
         if layers.strip() == AUTO_FEATURE_LAYERS:
-            if self.backbone_arch == "efficientnet_lite0":
-                layers = EFFICIENTNET_PRETRAINED_FEATURE_LAYERS if self.pretrained else EFFICIENTNET_RANDOM_FEATURE_LAYERS
-            else:
-                layers = PRETRAINED_FEATURE_LAYERS if self.pretrained else RANDOM_FEATURE_LAYERS
+            pretrained_pair, random_pair = AUTO_FEATURE_LAYER_PAIRS[self.backbone_arch]
+            layers = pretrained_pair if self.pretrained else random_pair
         return tuple(name.strip() for name in layers.split(",") if name.strip())
 
     def validate(self) -> None:
