@@ -83,8 +83,9 @@ def field_option(field: dataclasses.Field, config_name: str, method_default: boo
     option_type = {bool: click.BOOL, int: click.INT, float: click.FLOAT}.get(
         type(field.default), click.STRING
     )
-    if field.name in option_choices() and option_type is click.STRING:
-        option_type = ShownChoice(option_choices()[field.name])
+    choices = option_choices().get(field.name)
+    if choices and option_type is click.STRING:
+        option_type = ShownChoice(choices)
     default = field.default
     if method_default:
         option_type, default = OrMethodDefault(option_type), None
