@@ -257,7 +257,7 @@ def test_a_ctrl_c_swallowed_by_a_finaliser_is_raised_again():
     import signal
     import time
 
-    from defectlab.tuning import study as study_module
+    from defectlab.tuning import interrupts as study_module
 
     class InterruptedWhileCollected:
         def __del__(self):

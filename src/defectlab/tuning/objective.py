@@ -1,0 +1,205 @@
+"""One trial: draw settings, train a nested tracked run, report and prune, return the objective.
+
+The objective is ``val_image_auroc``: the ``test`` split is never looked at by
+it, only by each run's final figures. Every ``pruning_interval`` epochs
+`TrialMonitor` scores the validation split so a pruner can stop hopeless trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import keras
+import optuna
+from optuna.trial import TrialState
+
+from defectlab import data, runner, tracking
+from defectlab.methods import get_method
+from defectlab.tuning.config import TuneConfig
+from defectlab.tuning.errors import SurplusTrialError, TuningError
+from defectlab.tuning.interrupts import raise_if_interrupted
+from defectlab.tuning.search_space import suggest_training_params
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVE_METRIC = "val_image_auroc"
+INTERMEDIATE_METRIC = "intermediate_val_image_auroc"
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class TrialMonitor(keras.callbacks.Callback):
+    """Ties a trial to its training run: tags the run, reports validation AUROC, prunes.
+
+    At the start of training it tags the active (nested) MLflow run with the
+    trial's tags and records the run id on the trial. Every
+    ``pruning_interval`` epochs (not after the last one: the run's own final
+    scoring follows) it scores the validation split, logs
+    ``intermediate_val_image_auroc``, reports it to Optuna and raises
+    `optuna.TrialPruned` when the pruner says so. Epochs are counted across
+    the fits of an ensemble.
+    """
+
+    def __init__(self, trial: optuna.Trial, run_tags: dict, score_validation=None, pruning_interval: int = 0):
+        super().__init__()
+        self.trial = trial
+        self.run_tags = run_tags
+        self.score_validation = score_validation
+        self.pruning_interval = pruning_interval
+        self.run_id = None
+        self.epochs_done = 0
+        self.score_seconds = 0.0
+
+    def on_train_begin(self, logs=None):
+        if self.run_id is None:
+            self.run_id = tracking.active_run_id()
+            tracking.log_tags({**self.run_tags, "trial_state": TrialState.RUNNING.name})
+            self.trial.set_user_attr("mlflow_run_id", self.run_id)
+
+    def on_train_batch_end(self, batch, logs=None):
+        raise_if_interrupted()
+
+    def on_epoch_end(self, epoch, logs=None):
+        raise_if_interrupted()
+        self.epochs_done += 1
+        last_epoch_of_fit = epoch + 1 >= self.params.get("epochs", math.inf)
+        if not self.pruning_interval or self.score_validation is None or last_epoch_of_fit:
+            return
+        if self.epochs_done % self.pruning_interval:
+            return
+        with tracking.Stopwatch() as watch:
+            auroc = self.score_validation(self.model)
+        self.score_seconds += watch.seconds
+        tracking.log_metrics({INTERMEDIATE_METRIC: auroc}, step=self.epochs_done)
+        self.trial.report(auroc, step=self.epochs_done)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(
+                f"pruned after epoch {self.epochs_done}: validation AUROC {auroc:.4f}, "
+                "judged against earlier trials at this epoch by the pruner"
+            )
+
+
+@dataclass
+class TrialCounts:
+    done: int
+    running: int
+
+
+def trial_counts(study: optuna.Study) -> TrialCounts:
+    """Trials of the whole study (every worker) that are done (complete or pruned) or running."""
+    trials = study.get_trials(deepcopy=False, states=(*DONE_STATES, TrialState.RUNNING))
+    done = sum(trial.state in DONE_STATES for trial in trials)
+    return TrialCounts(done=done, running=len(trials) - done)
+
+
+class StudyObjective:
+    """The objective of one worker: draw settings, train a nested run, return ``val_image_auroc``.
+
+    A trial that fails (an exception, a non-finite loss, Ctrl-C) is recorded
+    as failed: the reason in the trial's user attribute ``fail_reason`` and
+    the MLflow run's ``failure_reason``, ``trial_state`` ``FAIL``; then the
+    exception propagates to Optuna, which records the state (``optimize`` is
+    called with ``catch=(Exception,)`` so the study goes on).
+    """
+
+    def __init__(self, tune_config: TuneConfig, base_config, search_space: dict, parent_run_id: str,
+                 datasets: dict | None = None):
+        self.tune_config = tune_config
+        self.base_config = base_config
+        self.search_space = search_space
+        self.parent_run_id = parent_run_id
+        self.method = get_method(tune_config.method)
+        self.datasets = dict(datasets or {})
+
+    def dataset(self, image_size: int, grayscale: bool) -> data.CategoryData:
+        """The category at one image size, loaded once per worker (searched sizes each once)."""
+        key = (image_size, grayscale)
+        if key not in self.datasets:
+            self.datasets[key] = data.load_category(
+                self.base_config.data_dir, self.base_config.category, image_size,
+                grayscale=grayscale, seed=self.base_config.seed, resize=self.base_config.resize,
+                on_bad_image=self.base_config.on_bad_image,
+            )
+        return self.datasets[key]
+
+    def run_tags(self, trial: optuna.Trial) -> dict:
+        return {"trial_number": trial.number, "study_name": self.tune_config.resolved_study_name}
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("mlflow_parent_run_id", self.parent_run_id)
+        self._refuse_surplus_trial(trial)
+        params = suggest_training_params(trial, self.search_space)
+        config = dataclasses.replace(self.base_config, **params)
+        monitor = TrialMonitor(trial, self.run_tags(trial), pruning_interval=self.tune_config.pruning_interval)
+        started_ms = int(time.time() * 1000)
+        try:
+            if self.tune_config.pruning_interval and self.method.pruning_scorer is not None:
+                dataset = self.dataset(config.image_size, self.method.grayscale(config))
+                monitor.score_validation = self.method.pruning_scorer(dataset, config)
+            with tracking.Stopwatch() as watch:
+                result = runner.run_training(
+                    config, run_name=f"trial-{trial.number}", nested=True, epoch_callbacks=[monitor]
+                )
+        except optuna.TrialPruned as pruned:
+            self._mark_runs(trial, monitor, started_ms, config, TrialState.PRUNED, str(pruned))
+            raise
+        except (Exception, KeyboardInterrupt) as error:
+            reason = f"{type(error).__name__}: {error}"
+            trial.set_user_attr("fail_reason", reason[:2000])
+            self._mark_runs(trial, monitor, started_ms, config, TrialState.FAIL, reason)
+            raise
+        value = result.metrics[OBJECTIVE_METRIC]
+        if not math.isfinite(value):
+            reason = f"{OBJECTIVE_METRIC} is {value}"
+            trial.set_user_attr("fail_reason", reason)
+            tracking.set_run_tags(result.run_id, {"trial_state": TrialState.FAIL.name, "failure_reason": reason})
+            raise TuningError(reason)
+        trial.set_user_attr("mlflow_run_id", result.run_id)
+        trial.set_user_attr("training_seconds", watch.seconds)
+        trial.set_user_attr("validation_scoring_seconds", monitor.score_seconds)
+        for key, metric in result.metrics.items():
+            if key.startswith("test_") or key == OBJECTIVE_METRIC:
+                trial.set_user_attr(key, float(metric))
+        tracking.set_run_tags(result.run_id, {**self.run_tags(trial), "trial_state": TrialState.COMPLETE.name})
+        return float(value)
+
+    def _refuse_surplus_trial(self, trial: optuna.Trial) -> None:
+        """Fail a trial that another worker's earlier trials make one too many.
+
+        Workers check the count before asking for a trial, but two can pass
+        that check at the same moment; the trial numbers decide which one runs.
+        """
+        earlier = [
+            other for other in trial.study.get_trials(
+                deepcopy=False, states=(*DONE_STATES, TrialState.RUNNING)
+            )
+            if other.number < trial.number
+        ]
+        if len(earlier) >= self.tune_config.n_trials:
+            reason = f"not run: the study already has its {self.tune_config.n_trials} trials"
+            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrialError(reason)
+
+    def _mark_runs(self, trial, monitor: TrialMonitor, started_ms: int, config, state: TrialState,
+                   reason: str) -> None:
+        """Tag this trial's MLflow run with its end state; make one if training never started."""
+        tags = {**self.run_tags(trial), "trial_state": state.name}
+        run_ids = [monitor.run_id] if monitor.run_id else []
+        with contextlib.suppress(Exception):
+            run_ids = run_ids or tracking.child_run_ids(self.parent_run_id, started_ms)
+        try:
+            if run_ids:
+                for run_id in run_ids:
+                    tracking.set_run_tags(run_id, tags)
+            else:
+                run_ids = [tracking.record_failed_run(
+                    dataclasses.asdict(config), tags, reason, run_name=f"trial-{trial.number}"
+                )]
+            trial.set_user_attr("mlflow_run_id", run_ids[0])
+        except Exception as error:  # the trial's own failure is the one to report
+            logger.warning("could not tag the MLflow run of trial %d: %s", trial.number, error)
