@@ -62,3 +62,42 @@ def test_the_console_script_quiets_download_bars_unless_the_user_set_them(monkey
     CliRunner().invoke(main, ["promote", "--help"])
     assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+
+
+def option_names(command: click.Command) -> set[str]:
+    return {parameter.name for parameter in command.params if isinstance(parameter, click.Option)}
+
+
+def test_tune_help_lists_the_methods_and_each_method_only_its_own_options():
+    import dataclasses
+
+    from defectlab.methods import all_methods
+    from defectlab.tuning.config import TuneConfig
+
+    tune_help = CliRunner().invoke(main, ["tune", "--help"]).output
+    assert "--latent-dim" not in tune_help and "--coreset-ratio" not in tune_help
+    tune = main.get_command(click.Context(main), "tune")
+    study_options = {field.name for field in dataclasses.fields(TuneConfig)} - {"method"}
+    for method in all_methods():
+        assert method.name in tune_help.split("Commands:")[1]
+        own_training = {field.name for field in dataclasses.fields(method.config_class)} - {"register_as", "repeats"}
+        assert option_names(tune.get_command(click.Context(tune), method.name)) == study_options | own_training
+    patch_help = CliRunner().invoke(main, ["tune", "patch", "--help"]).output
+    assert "--coreset-ratio" in patch_help and "--latent-dim" not in patch_help
+
+
+def test_tune_refuses_another_methods_option_and_options_before_the_method():
+    result = CliRunner().invoke(main, ["tune", "metric", "--latent-dim", "8"])
+    assert result.exit_code == 2 and "No such option '--latent-dim'" in result.output
+    result = CliRunner().invoke(main, ["tune", "--n-trials", "3", "patch"])
+    assert result.exit_code == 2 and "defectlab tune patch --n-trials" in result.output
+
+
+def test_tune_method_runs_a_study_of_that_method(tmp_path, tiny_dataset_root):
+    space = tmp_path / "space.yaml"
+    space.write_text("coreset_ratio: {type: float, low: 0.01, high: 0.1}\n")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    arguments = ["--data-dir", str(tiny_dataset_root), "--search-space", str(space), "--storage", storage]
+    result = CliRunner().invoke(main, ["tune", "ssim", *arguments])
+    assert result.exit_code == 1 and "unknown parameter 'coreset_ratio' in the search space of SSIMConfig" in result.output
+    assert not (tmp_path / "optuna.db").exists()

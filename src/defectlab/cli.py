@@ -74,7 +74,8 @@ class OrMethodDefault(click.ParamType):
         return self.value_type.convert(value, param, ctx)
 
 
-def field_option(field: dataclasses.Field, config_name: str, method_default: bool = False) -> click.Option:
+def field_option(field: dataclasses.Field, config_name: str, method_default: bool = False,
+                 hidden: bool = False) -> click.Option:
     """``--field-name``, typed, defaulted and explained from a dataclass field (empty: the method's default).
 
     The help line comes from `defectlab.option_help` (also the reference's
@@ -97,6 +98,7 @@ def field_option(field: dataclasses.Field, config_name: str, method_default: boo
     return click.Option(
         ["--" + field.name.replace("_", "-"), field.name], type=option_type,
         default=None if required else default, show_default=not required, help=help_text, required=required,
+        hidden=hidden,
     )
 
 
@@ -143,7 +145,7 @@ def training_command(method) -> click.Command:
     )
 
 
-def tune_training_options(methods) -> list[click.Option]:
+def tune_training_options(methods, hidden: bool = False) -> list[click.Option]:
     """One option per training setting of any method, defaulted to the methods' common
     default, or empty (the chosen method's default) where their defaults differ."""
     fields, defaults, owners = {}, {}, {}
@@ -154,7 +156,8 @@ def tune_training_options(methods) -> list[click.Option]:
                 owners.setdefault(field.name, method.config_class.__name__)
                 defaults.setdefault(field.name, set()).add(field.default)
     return [
-        field_option(field, owners[name], method_default=len(defaults[name]) > 1) for name, field in fields.items()
+        field_option(field, owners[name], method_default=len(defaults[name]) > 1, hidden=hidden)
+        for name, field in fields.items()
     ]
 
 
@@ -178,15 +181,70 @@ def run_tune(**options) -> None:
         )
 
 
-def tune_command() -> click.Command:
-    """``defectlab tune``: its own options, then every registered method's training options."""
+def tune_method_command(method) -> click.Command:
+    """``defectlab tune <method>``: the study's options and that method's training options only."""
+    excluded = TUNE_FIELDS | TUNE_EXCLUDED_TRAINING_FIELDS
+
+    def tune(**options) -> None:
+        run_tune(method=method.name, **options)
+
     return click.Command(
-        "tune", callback=run_tune, help=run_tune.__doc__,
+        method.name, callback=tune, short_help=method.summary,
+        help=f"Optuna study over the settings of {method.name}: {method.summary}\n\n"
+             "Training options not in the search space are held fixed.",
         params=[
-            *(field_option(field, TuneConfig.__name__) for field in dataclasses.fields(TuneConfig)),
-            *tune_training_options(all_methods()),
+            *(field_option(field, TuneConfig.__name__) for field in dataclasses.fields(TuneConfig)
+              if field.name != "method"),
+            *(field_option(field, method.config_class.__name__) for field in dataclasses.fields(method.config_class)
+              if field.name not in excluded),
         ],
     )
+
+
+class TuneCommands(click.Group):
+    """``defectlab tune``: one subcommand per registered method, each with only its own options.
+
+    ``defectlab tune --method NAME`` with every method's training options (the
+    form MLproject's ``tune`` entry point calls, as ``-P method=...``) is kept:
+    its options are hidden from ``--help``, which lists the methods instead.
+    """
+
+    def __init__(self):
+        super().__init__(
+            "tune", callback=self.tune_by_method_option, invoke_without_command=True, no_args_is_help=True,
+            help="Optuna study over one method's settings; one nested MLflow run per trial.\n\n"
+                 "Run `defectlab tune METHOD --help` for what can be tuned for a method. "
+                 "Scripts and MLproject may also name it with --method and pass any method's options.",
+            params=[
+                *(field_option(field, TuneConfig.__name__, hidden=True) for field in dataclasses.fields(TuneConfig)),
+                *tune_training_options(all_methods(), hidden=True),
+            ],
+        )
+
+    def list_commands(self, ctx):
+        return [method.name for method in all_methods()]
+
+    def get_command(self, ctx, name):
+        for method in all_methods():
+            if method.name == name:
+                return tune_method_command(method)
+        return None
+
+    @staticmethod
+    def tune_by_method_option(**options) -> None:
+        context = click.get_current_context()
+        if context.invoked_subcommand is None:
+            run_tune(**options)
+            return
+        given = [
+            "--" + name.replace("_", "-") for name in options
+            if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise click.UsageError(
+                f"put the options after the method: defectlab tune {context.invoked_subcommand} "
+                f"{' '.join(given)} ... (or name it with --method and no subcommand)"
+            )
 
 
 class MethodCommands(click.Group):
@@ -197,7 +255,7 @@ class MethodCommands(click.Group):
 
     def get_command(self, ctx, name):
         if name == "tune":
-            return tune_command()
+            return TuneCommands()
         for method in all_methods():
             if method.name == name:
                 return training_command(method)
