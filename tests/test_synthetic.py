@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from defectlab.data import synthetic
+from defectlab.data.synthetic import writer as synthetic_writer
 from defectlab.data.synthetic import (
     CATEGORY_DEFECT_TYPES,
     OBJECT_CATEGORIES,
@@ -239,7 +240,7 @@ def test_a_crash_leaves_no_half_category(tmp_path, monkeypatch):
             raise RuntimeError("disk on fire")
         return real_render(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "render_sample", failing_render)
+    monkeypatch.setattr(synthetic_writer, "render_sample", failing_render)
     with pytest.raises(RuntimeError, match="disk on fire"):
         generate_dataset(tmp_path, TINY_SPEC, ["carpet"])
     assert not (tmp_path / "carpet").exists()
@@ -284,7 +285,7 @@ def test_ensure_generates_once_then_reuses(tmp_path, monkeypatch):
     def must_not_generate(*args, **kwargs):
         raise AssertionError("the cached dataset was generated again")
 
-    monkeypatch.setattr(synthetic, "generate_dataset", must_not_generate)
+    monkeypatch.setattr(synthetic_writer, "generate_dataset", must_not_generate)
     assert ensure_synthetic_dataset(TINY_SPEC) == root
 
 
