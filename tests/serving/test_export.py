@@ -13,7 +13,7 @@ training, and an L2-softmax network trained from scratch for an epoch or two at
 64 px has embedding features whose spread across good images is ~1e-9
 (near-dead units), which LOF's standardisation magnifies until float32
 rounding alone moves scores by 1e-3: the export refuses such a detector, as
-it should (see README, "Exporting a detector without TensorFlow").
+it should (see docs/serving.md, "Exporting a detector without TensorFlow").
 """
 
 from __future__ import annotations
