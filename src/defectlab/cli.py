@@ -20,7 +20,7 @@ from defectlab.config import (
     config_defaults,
 )
 from defectlab.data.decoder import BAD_IMAGE_POLICIES, RESIZE_MODES
-from defectlab.errors import DefectlabError
+from defectlab.errors import DefectlabError, set_setting_style
 from defectlab.methods import all_methods
 from defectlab.option_help import option_help
 from defectlab.tuning.config import TuneConfig
@@ -271,6 +271,9 @@ def main(verbose: bool) -> None:
     # TensorFlow's C++ start-up chatter only from warnings up (a user's own setting wins).
     for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    # Messages name settings as the user typed them: `mlflow run` starts this command with its run id set.
+    set_setting_style("mlproject" if os.environ.get("MLFLOW_RUN_ID") else "cli")
+    click.get_current_context().call_on_close(lambda: set_setting_style("python"))
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from defectlab.config import ConfigError
-from defectlab.errors import DefectlabError
+from defectlab.errors import DefectlabError, spell_setting
 
 MOBILENET_V2_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
@@ -147,10 +147,7 @@ def efficientnet_lite0_imagenet_file() -> tuple[str, str]:
 
 def resolve_backbone_weights(
     weights: str, backbone_alpha: float, image_size: int,
-    offline_alternative: str = (
-        "use -P backbone_arch=efficientnet_lite0 (ImageNet weights from the pretrained extra, no download; "
-        "CLI: --backbone-arch efficientnet_lite0), or train from scratch with -P weights=none (CLI: --weights none)"
-    ),
+    offline_alternative: str | None = None,
     backbone_arch: str = MOBILENET_V2,
 ) -> tuple[str | None, str, str]:
     """Turn the ``weights`` setting into a file for the architecture, before any training.
@@ -184,6 +181,11 @@ def resolve_backbone_weights(
         ``weights`` is a file that is not a weights file (`check_weights_file`).
     """
     check_backbone_arch(backbone_arch)
+    if offline_alternative is None:
+        offline_alternative = (
+            f"use {spell_setting('backbone_arch', EFFICIENTNET_LITE0)} (ImageNet weights from the pretrained "
+            f"extra, no download), or train from scratch with {spell_setting('weights', 'none')}"
+        )
     if weights == "none":
         return None, "none", "none"
     if weights == "imagenet" and backbone_arch == EFFICIENTNET_LITE0:

@@ -229,3 +229,36 @@ def test_the_offline_weights_error_keeps_the_whole_reason_and_lists_every_offlin
     assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_96_no_top.h5" in message
     for choice in ("backbone_arch=efficientnet_lite0", "pixels", "self", "none"):
         assert choice in message
+
+
+@pytest.mark.parametrize("mlflow_run, spelled", [
+    (False, ("--backbone-arch efficientnet_lite0", "--backbone pixels", "--backbone self", "--backbone none")),
+    (True, ("-P backbone_arch=efficientnet_lite0", "-P backbone=pixels", "-P backbone=self", "-P backbone=none")),
+])
+def test_the_offline_weights_error_names_the_choices_as_the_user_typed_them(
+    tmp_path, monkeypatch, tracking_uri, mlflow_run, spelled,
+):
+    import keras
+    from click.testing import CliRunner
+
+    from defectlab.cli import main
+    from defectlab.errors import spell_setting
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras-home"))
+    if mlflow_run:
+        monkeypatch.setenv("MLFLOW_RUN_ID", "0123456789abcdef")  # as `mlflow run` starts an entry point
+    else:
+        monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+
+    def offline(*arguments, **keywords):
+        raise OSError("URL fetch failure: name or service not known")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    result = CliRunner().invoke(main, ["patch", "--backbone", "imagenet", "--image-size", "96"])
+
+    assert result.exit_code == 1 and "WeightsUnavailableError" in result.output
+    message = " ".join(result.output.split())  # click wraps nothing, but be safe
+    assert all(choice in message for choice in spelled), message
+    other_style = "-P " if not mlflow_run else "--backbone"
+    assert other_style not in message
+    assert spell_setting("backbone", "pixels") == "backbone=pixels"  # the library's own spelling again

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from defectlab.config import ConfigError
+from defectlab.errors import spell_setting
 from defectlab.methods.patch.config import BACKBONE_CHOICES, PatchConfig
 
 logger = logging.getLogger(__name__)
@@ -209,8 +210,9 @@ def check_weights_backbone(config: PatchConfig) -> tuple[str | None, str, str] |
     return resolve_backbone_weights(
         config.backbone, config.backbone_alpha, config.image_size, backbone_arch=config.backbone_arch,
         offline_alternative=(
-            "use -P backbone_arch=efficientnet_lite0 (ImageNet weights from the pretrained extra, no download), "
-            "or one of backbone=pixels (raw-pixel windows), self (trained in the run) or none (random)"
+            f"use {spell_setting('backbone_arch', 'efficientnet_lite0')} (ImageNet weights from the pretrained "
+            f"extra, no download), or {spell_setting('backbone', 'pixels')} (raw-pixel windows), "
+            f"{spell_setting('backbone', 'self')} (trained in the run) or {spell_setting('backbone', 'none')} (random)"
         ),
     )
 
