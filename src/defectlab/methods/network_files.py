@@ -84,16 +84,6 @@ class OnnxNetwork:
         outputs = self.session.run(None, {self.input_name: np.asarray(images, dtype=np.float32)})
         return outputs[0] if len(outputs) == 1 else outputs
 
-    def predict(self, images, batch_size: int = 32, verbose=0):
-        """`predict_on_batch` over ``images`` in batches of ``batch_size``, concatenated (``verbose`` ignored)."""
-        batches = [
-            self.predict_on_batch(images[start:start + batch_size])
-            for start in range(0, len(images), batch_size)
-        ]
-        if isinstance(batches[0], list):
-            return [np.concatenate(parts) for parts in zip(*batches)]
-        return np.concatenate(batches)
-
 
 def _keras_shape(onnx_shape) -> tuple:
     """An ONNX shape (symbolic names for free dimensions) in Keras's form (``None`` for them)."""

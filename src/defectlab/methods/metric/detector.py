@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sklearn.exceptions import NotFittedError
 
+from defectlab.methods.batches import predict_fixed_shape
 from defectlab.methods.network_files import KERAS_FORMAT, load_network, save_network
 from defectlab.methods.scorers import LOFScorer, average_standardized_scores, reference_statistics
 
@@ -21,19 +22,15 @@ if TYPE_CHECKING:
     import keras
 
 
-def embed(embedder: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def embed(embedder: keras.Model, images: np.ndarray) -> np.ndarray:
     """Pooled features of ``images``: float64 array ``(n, n_features)``.
 
-    Batches go straight to ``predict_on_batch``: building a tf.data pipeline per
-    call cost ~55 ms, most of a served single-image request.
+    Batches of one fixed shape go straight to ``predict_on_batch``
+    (`predict_fixed_shape`): an image's features do not depend on its batch,
+    and no tf.data pipeline is built per call (~55 ms, most of a served
+    single-image request).
     """
-    if len(images) == 0:
-        return np.zeros((0, embedder.output_shape[-1]))
-    features = [
-        embedder.predict_on_batch(np.asarray(images[start:start + batch_size], dtype=np.float32))
-        for start in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(features).astype(np.float64)
+    return np.asarray(predict_fixed_shape(embedder, images), dtype=np.float64)
 
 
 class EmbeddingLOFDetector:
@@ -49,7 +46,6 @@ class EmbeddingLOFDetector:
     embedders : list of keras.Model
         Networks from images to pooled features.
     lof_neighbors : int
-    batch_size : int
 
     Attributes
     ----------
@@ -60,10 +56,9 @@ class EmbeddingLOFDetector:
         Each member's score mean and standard deviation on the held-out good images.
     """
 
-    def __init__(self, embedders, lof_neighbors: int = 5, batch_size: int = 64):
+    def __init__(self, embedders, lof_neighbors: int = 5):
         self.embedders = list(embedders)
         self.lof_neighbors = lof_neighbors
-        self.batch_size = batch_size
 
     @property
     def ensemble_size(self) -> int:
@@ -76,7 +71,7 @@ class EmbeddingLOFDetector:
         (mean 0, std 1), which is exact for a single member.
         """
         return self.fit_embeddings(
-            [embed(embedder, good_images, self.batch_size) for embedder in self.embedders],
+            [embed(embedder, good_images) for embedder in self.embedders],
             heldout_good_images,
         )
 
@@ -110,7 +105,7 @@ class EmbeddingLOFDetector:
         if not hasattr(self, "lof_scorers_"):
             raise NotFittedError("EmbeddingLOFDetector is not fitted yet; call fit first")
         return [
-            scorer.anomaly_score(embed(embedder, images, self.batch_size))
+            scorer.anomaly_score(embed(embedder, images))
             for embedder, scorer in zip(self.embedders, self.lof_scorers_)
         ]
 

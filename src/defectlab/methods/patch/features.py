@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from defectlab.methods.batches import predict_fixed_shape
 from defectlab.methods.patch.maps import resize_bilinear
 
 if TYPE_CHECKING:
@@ -156,18 +157,17 @@ def pixel_window_extractor(image_size: int, window: int = PIXEL_WINDOW, stride: 
     return keras.Model(images, [keras.layers.Identity(name=PIXEL_LAYER)(windows)], name="pixel_window_extractor")
 
 
-def extract_layer_outputs(extractor: keras.Model, images, batch_size: int = 32) -> list[np.ndarray]:
-    """Run ``extractor`` over ``images`` ``(n, s, s, 3)`` in batches; one float32 array per layer.
+def extract_layer_outputs(extractor: keras.Model, images) -> list[np.ndarray]:
+    """Run ``extractor`` over ``images`` ``(n, s, s, 3)``; one float32 array per layer.
 
-    Always a list, also for a one-layer extractor (where Keras's ``predict``
-    returns a bare array).
+    Always a list, also for a one-layer extractor. Batches have one fixed
+    shape (`predict_fixed_shape`), so an image's features do not depend on
+    the images scored with it.
     """
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"images must be (n, height, width, channels), got shape {images.shape}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    outputs = extractor.predict(images.astype(np.float32), batch_size=int(batch_size), verbose=0)
+    outputs = predict_fixed_shape(extractor, images)
     if not isinstance(outputs, (list, tuple)):
         outputs = [outputs]
     return [np.asarray(output, dtype=np.float32) for output in outputs]
@@ -342,7 +342,7 @@ def extract_patch_features(
     features = None
     for start in range(0, len(images), batch_size):
         batch = aggregate_patch_features(
-            extract_layer_outputs(extractor, images[start : start + batch_size], batch_size),
+            extract_layer_outputs(extractor, images[start : start + batch_size]),
             patch_size=patch_size, feature_dim=feature_dim,
         )
         if features is None:

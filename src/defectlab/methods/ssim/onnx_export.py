@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from defectlab.methods.batches import predict_fixed_shape
 from defectlab.methods.network_files import ONNX_FORMAT, load_network, save_network
 from defectlab.methods.ssim.region import region_scores
 
@@ -47,18 +48,16 @@ class ExportedSSIMDetector:
         ``uint8``-range images to (reconstructions, ``1 - SSIM`` maps), from `write`.
     min_defect_area : int
         Minimum defect area in pixels of the image score (`region_score`).
-    batch_size : int
     """
 
-    def __init__(self, map_network, min_defect_area: int = 1, batch_size: int = 32):
+    def __init__(self, map_network, min_defect_area: int = 1):
         self.map_network = map_network
         self.min_defect_area = min_defect_area
-        self.batch_size = batch_size
 
     def _network_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if len(images) == 0:
             return np.zeros(images.shape, dtype=np.float32), np.zeros(images.shape[:3], dtype=np.float32)
-        reconstructions, anomaly_maps = self.map_network.predict(images, batch_size=self.batch_size)
+        reconstructions, anomaly_maps = predict_fixed_shape(self.map_network, images)
         return np.asarray(reconstructions, dtype=np.float32), np.asarray(anomaly_maps, dtype=np.float32)
 
     def reconstruct(self, images: np.ndarray) -> np.ndarray:

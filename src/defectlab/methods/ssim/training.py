@@ -50,6 +50,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from defectlab.methods.batches import fixed_shape_batches
 from defectlab.methods.keras_training import RaiseOnBadLoss, make_optimizer
 from defectlab.methods.ssim.config import SSIMConfig
 from defectlab.methods.ssim.network import build_ssim_autoencoder
@@ -284,6 +285,8 @@ class SSIMDetectorScorer:
     min_defect_area : int
         Minimum defect area in pixels of the image score (see the module docstring).
     batch_size : int
+        Images per step of `anomaly_maps` from given reconstructions (the
+        network itself always runs in `fixed_shape_batches`).
     """
 
     def __init__(self, autoencoder: keras.Model, ssim_window: int = 11,
@@ -335,15 +338,19 @@ class SSIMDetectorScorer:
             raise TypeError(f"the SSIM detector scores uint8 images (0..255), got {images.dtype}")
         compiled = self._compiled_call()
 
-        def outputs(start: int):
-            return compiled(images[start:start + self.batch_size])
+        def outputs(batch: np.ndarray, count: int):
+            reconstructions, anomaly_maps = compiled(batch)
+            return reconstructions[:count], anomaly_maps[:count]
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssim-network") as pool:
-            pending = pool.submit(outputs, 0) if len(images) else None
-            for start in range(self.batch_size, len(images) + self.batch_size, self.batch_size):
-                current = pending.result()
-                pending = pool.submit(outputs, start) if start < len(images) else None
-                yield current
+            pending = None
+            for batch, count in fixed_shape_batches(images):
+                submitted = pool.submit(outputs, batch, count)
+                if pending is not None:
+                    yield pending.result()
+                pending = submitted
+            if pending is not None:
+                yield pending.result()
 
     def _network_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(reconstructions, maps) of all ``uint8`` images."""
