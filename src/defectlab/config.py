@@ -222,7 +222,9 @@ class ExportConfig:
     scores the category's ``threshold`` split: the training run's
     ``scores.csv`` rows of that split, or, when ``category`` is given (and
     always for a detector folder without a run), that category of
-    ``data_dir`` split with ``seed``. ``register_as`` (a registered model
+    ``data_dir`` split with ``seed``. The export is refused when an image's
+    exported score differs from the original's by more than
+    ``parity_tolerance`` (relative). ``register_as`` (a registered model
     name) logs the export as a run's ``detector`` and registers it; ``log``
     logs without registering.
     """
@@ -236,12 +238,17 @@ class ExportConfig:
     seed: int = 0
     register_as: str = ""
     log: bool = False
+    parity_tolerance: float = 1e-4
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the first invalid setting."""
+        if not 0 < self.parity_tolerance < 1:
+            raise ConfigError(
+                f"parity_tolerance must be a relative difference above 0 and below 1, got {self.parity_tolerance}"
+            )
         if self.format not in EXPORT_FORMATS:
             raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {self.format!r}")
         if not self.model_uri:

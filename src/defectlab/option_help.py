@@ -91,6 +91,7 @@ COMMAND_HELP: dict[tuple[str, str], str] = {
     ("ExportConfig", "out"): "Folder to write the exported MLflow model into.",
     ("ExportConfig", "register_as"): "Log the export as a run's detector and register it under this name.",
     ("ExportConfig", "log"): "Log the export as a run's detector without registering it.",
+    ("ExportConfig", "parity_tolerance"): "Largest relative difference allowed between an image's exported and original score.",
     ("TuneConfig", "seed"): "Seeds the sampler and the trials' training.",
 }
 

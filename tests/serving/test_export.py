@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import mlflow
 import numpy as np
@@ -32,16 +32,13 @@ import pytest
 from click.testing import CliRunner
 
 from defectlab.cli import main
-from defectlab.config import ExportConfig
-from defectlab.data import ImageDecoder
+from defectlab.config import ConfigError, ExportConfig
 from defectlab.methods import REGISTRY, get_method
 from defectlab.methods.base import OnnxExport
-from defectlab.serving.bundle import write_bundle
 from defectlab.serving.detector import load_detector
 from defectlab.serving.export import (
     PARITY_RELATIVE_TOLERANCE, ParityError, check_parity, relative_differences, run_export,
 )
-from tests.conftest import TINY_IMAGE_SIZE
 from tests.tensorflow_blocker import blocked_environment
 
 CHECKED_TEST_IMAGES = 6
@@ -95,46 +92,6 @@ def checked_test_images(data_root: Path, count: int = CHECKED_TEST_IMAGES) -> li
     return [str(path) for path in good[: count // 2] + defects[: count - count // 2]]
 
 
-def untrained_metric_bundle(folder: Path, data_root: Path) -> Path:
-    import keras
-
-    from defectlab.methods.metric.detector import EmbeddingLOFDetector
-    from defectlab.methods.metric.network import build_l2_softmax_classifier, embedding_model
-
-    keras.utils.set_random_seed(0)
-    decoder = ImageDecoder(TINY_IMAGE_SIZE)
-    good = np.stack([decoder.decode(path) for path in sorted((data_root / "carpet" / "train" / "good").glob("*.png"))])
-    embedder = embedding_model(build_l2_softmax_classifier(2, TINY_IMAGE_SIZE))
-    detector = EmbeddingLOFDetector([embedder], lof_neighbors=3).fit(good)
-    return write_bundle(folder, detector, "l2_softmax", decoder, threshold=1.5)
-
-
-def untrained_ssim_bundle(folder: Path) -> Path:
-    import keras
-
-    from defectlab.methods.ssim.network import build_ssim_autoencoder
-    from defectlab.methods.ssim.training import SSIMDetectorScorer, min_defect_area_for
-
-    keras.utils.set_random_seed(0)
-    autoencoder = build_ssim_autoencoder(TINY_IMAGE_SIZE, 1, 16)
-    detector = SSIMDetectorScorer(autoencoder, ssim_window=11, min_defect_area=min_defect_area_for(TINY_IMAGE_SIZE))
-    return write_bundle(folder, detector, "ssim_ae", ImageDecoder(TINY_IMAGE_SIZE, grayscale=True), threshold=0.5)
-
-
-@pytest.fixture
-def source_detector(request, tmp_path, tiny_dataset_root):
-    """(model URI, ExportConfig options) of a tiny detector of the method ``request.param``."""
-    if request.param == "patch":
-        store = request.getfixturevalue("use_tiny_patch_store")
-        return SimpleNamespace(model_uri=store.detector_uri, options={})
-    category_options = {"category": "carpet", "data_dir": str(tiny_dataset_root)}
-    if request.param == "metric":
-        return SimpleNamespace(
-            model_uri=str(untrained_metric_bundle(tmp_path / "bundle", tiny_dataset_root)), options=category_options,
-        )
-    return SimpleNamespace(model_uri=str(untrained_ssim_bundle(tmp_path / "bundle")), options=category_options)
-
-
 @pytest.mark.training
 @pytest.mark.parametrize("source_detector", ["metric", "patch", "ssim"], indirect=True)
 def test_exported_detector_scores_like_the_original_in_a_process_without_tensorflow(
@@ -177,22 +134,28 @@ def scale_first_weights(onnx_path: Path, factor: float) -> None:
     onnx.save(graph, str(onnx_path))
 
 
-@pytest.mark.training
-def test_a_tampered_graph_fails_the_export_saying_by_how_much(use_tiny_patch_store, tmp_path, monkeypatch):
+def tamper_patch_exports(monkeypatch, factor: float) -> None:
+    """Make the patch method's ONNX export scale its extractor's first weights by ``factor``."""
     patch_method = get_method("patch")
 
     def write_tampered(detector, folder):
         description = patch_method.onnx_export.write(detector, folder)
-        scale_first_weights(Path(folder) / description["extractor"], 1.5)
+        scale_first_weights(Path(folder) / description["extractor"], factor)
         return description
 
     monkeypatch.setitem(REGISTRY, "patch", dataclasses.replace(
         patch_method, onnx_export=OnnxExport(write=write_tampered, load=patch_method.onnx_export.load),
     ))
+
+
+@pytest.mark.training
+def test_a_tampered_graph_fails_the_export_saying_by_how_much(use_tiny_patch_store, tmp_path, monkeypatch):
+    tamper_patch_exports(monkeypatch, 1.5)
     out = tmp_path / "exported"
 
-    with pytest.raises(ParityError, match=r"beyond 0\.0001 relative: max relative difference \d\S* over \d+ images"):
+    with pytest.raises(ParityError, match=r"beyond 0\.0001 relative: max relative difference \d\S* over \d+ images") as raised:
         run_export(ExportConfig(model_uri=use_tiny_patch_store.detector_uri, out=str(out)))
+    assert "do not deploy it" in str(raised.value) and "parity_tolerance" not in str(raised.value)
 
     assert not out.exists()
     assert not list(tmp_path.glob(".exported-export-*"))  # the staging folder is gone too
@@ -254,6 +217,35 @@ def test_a_format_other_than_onnx_is_refused(tmp_path):
     assert exit_code == 1
     assert output.strip().splitlines() == ["Error: ConfigError: format must be one of onnx, got 'tflite'"]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.training
+def test_a_small_parity_miss_says_how_to_accept_it_and_that_tolerance_lets_it_through(
+    use_tiny_patch_store, tmp_path, monkeypatch,
+):
+    tamper_patch_exports(monkeypatch, 1.0 + 2e-4)  # a difference the size of magnified rounding
+    out = tmp_path / "exported"
+
+    result = CliRunner().invoke(main, ["export", "--model-uri", use_tiny_patch_store.detector_uri, "--out", str(out)])
+
+    assert result.exit_code == 1 and "ParityError" in result.output, result.output
+    suggested = re.search(r"accept the difference with --parity-tolerance (\S+)", result.output)
+    assert suggested, result.output
+    measured = float(re.search(r"max relative difference (\S+) over", result.output).group(1))
+    assert measured < float(suggested.group(1)) <= 3 * measured
+    assert not out.exists()
+
+    accepted = run_export(ExportConfig(
+        model_uri=use_tiny_patch_store.detector_uri, out=str(out), parity_tolerance=float(suggested.group(1)),
+    ))
+    assert (out / "MLmodel").is_file()
+    assert f"within {float(suggested.group(1)):g}" in accepted.summary()
+
+
+def test_parity_tolerance_must_be_a_relative_difference():
+    for value in (0.0, -1e-4, 1.0):
+        with pytest.raises(ConfigError, match="parity_tolerance must be a relative difference"):
+            ExportConfig(model_uri="m", out="o", parity_tolerance=value)
 
 
 def test_a_folder_that_is_not_a_detector_is_refused(tmp_path):

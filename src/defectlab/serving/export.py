@@ -19,13 +19,14 @@ Parity: both detectors score the category's ``threshold`` split (the
 training run's ``scores.csv`` rows of that split, or ``category`` of
 ``data_dir``), each image decoded once by the detector's own decoder. The
 export fails with `ParityError`, leaving ``out`` untouched, when an image's
-scores differ by more than `PARITY_RELATIVE_TOLERANCE` relative to the
-original's (`relative_differences`).
+scores differ by more than ``parity_tolerance`` (default
+`PARITY_RELATIVE_TOLERANCE`) relative to the original's (`relative_differences`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ import numpy as np
 
 from defectlab import tracking
 from defectlab.config import ExportConfig
-from defectlab.errors import DefectlabError
+from defectlab.errors import DefectlabError, spell_setting
 from defectlab.serving.bundle import (
     KERAS_RUNTIME, ONNX_RUNTIME, bundle_runtime, onnx_export_of, write_bundle,
 )
@@ -43,9 +44,11 @@ from defectlab.serving.detector import (
     DefectDetector, bundle_to_local_detector, detector_signature_and_example, load_detector,
 )
 
-PARITY_RELATIVE_TOLERANCE = 1e-4
+PARITY_RELATIVE_TOLERANCE = ExportConfig.parity_tolerance  # the default
 # Below this magnitude of the original score a difference is measured against it (not a smaller divisor).
 PARITY_SCALE_FLOOR = 1e-6
+# Above this relative difference a failed parity check is a wrong graph, never magnified rounding.
+MAGNIFIED_ROUNDING_LIMIT = 0.1
 THRESHOLD_SPLIT = "threshold"
 ONNX_REQUIREMENTS_FILE = Path(__file__).with_name("requirements-onnx.txt")
 EXPORT_TAGS = {"runtime": ONNX_RUNTIME}
@@ -86,6 +89,7 @@ class ExportResult:
     method: str
     parity: ParityReport
     parity_source: str
+    parity_tolerance: float = PARITY_RELATIVE_TOLERANCE
     run_id: str | None = None
     model_uri: str | None = None
     model_version: str | None = None
@@ -94,7 +98,7 @@ class ExportResult:
         """The result in one line (what ``defectlab export`` prints)."""
         return (
             f"exported the {self.method} detector to {self.out_dir} (ONNX, no TensorFlow); parity on "
-            f"{self.parity_source}: {self.parity.summary()}, within {PARITY_RELATIVE_TOLERANCE:g}"
+            f"{self.parity_source}: {self.parity.summary()}, within {self.parity_tolerance:g}"
         )
 
 
@@ -231,9 +235,32 @@ def check_parity(original: DefectDetector, exported: DefectDetector, paths: list
     if not report.max_relative_difference <= tolerance:
         raise ParityError(
             f"the exported detector's scores differ from the original's beyond {tolerance:g} relative: "
-            f"{report.summary()}; nothing was written"
+            f"{report.summary()}; nothing was written. {parity_advice(report)}"
         )
     return report
+
+
+def parity_advice(report: ParityReport) -> str:
+    """What to do about a failed parity check: a broken graph, or rounding the detector magnifies."""
+    if not report.max_relative_difference < MAGNIFIED_ROUNDING_LIMIT:
+        return (
+            "Differences this large are not rounding: the exported graph computes something else; "
+            "do not deploy it (report it with the method and the worst image)."
+        )
+    suggested = _round_up_two_digits(2 * report.max_relative_difference)
+    return (
+        "Both graphs compute in float32 with different kernels, so their networks' outputs agree to about "
+        "1e-6; a detector whose scores magnify that (e.g. a metric detector trained for a few epochs, whose "
+        "good images' features barely differ, scored by LOF) misses the default tolerance with neither "
+        "graph wrong, and its scores move as much on another CPU or a GPU. Train it longer, or accept the "
+        f"difference with {spell_setting('parity_tolerance', suggested)}"
+    )
+
+
+def _round_up_two_digits(value: float) -> float:
+    """``value`` rounded up to two significant digits (0.001026 -> 0.0011)."""
+    scale = 10.0 ** (math.floor(math.log10(value)) - 1)
+    return float(f"{math.ceil(value / scale - 1e-9) * scale:.2g}")
 
 
 # The command
@@ -277,7 +304,9 @@ def run_export(config: ExportConfig) -> ExportResult:
             staging / "bundle", detector.scorer, detector.method.tag, detector.decoder,
             detector.threshold, runtime=ONNX_RUNTIME,
         )
-        parity = check_parity(detector, bundle_to_local_detector(bundle_dir), paths, images)
+        parity = check_parity(
+            detector, bundle_to_local_detector(bundle_dir), paths, images, tolerance=config.parity_tolerance
+        )
         signature, input_example = detector_signature_and_example(
             detector.decoder.image_size, detector.decoder.grayscale
         )
@@ -287,7 +316,7 @@ def run_export(config: ExportConfig) -> ExportResult:
             shutil.rmtree(out_dir)
         shutil.move(str(model_dir), str(out_dir))
         result = ExportResult(out_dir=out_dir, method=detector.method.name, parity=parity,
-                              parity_source=parity_source)
+                              parity_source=parity_source, parity_tolerance=config.parity_tolerance)
         if logged:
             result = _log_export(config, detector, bundle_dir, signature, input_example, requirements, result)
     return result
