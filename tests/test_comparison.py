@@ -351,3 +351,24 @@ def test_compare_reports_the_intervals_and_says_which_methods_overlap(tracking_u
     page = (tmp_path / "out" / "comparison.html").read_text()
     assert "the 95 % intervals of L2-softmax (0.710-0.890) and SSIM AE (0.780-0.930) overlap" in page
     assert "Patch (PatchCore) (0.970" not in page  # its interval overlaps no other
+
+
+def test_a_users_own_dataset_shows_only_its_categories_and_methods_with_runs(tracking_uri, tmp_path):
+    mlflow.set_experiment("tiles")
+    for seed in (0, 1):
+        log_training_run("magnetic_tile", "patch", seed, 1.5, 0.9, dataset="magnetic_tile_data", image_size=224)
+    log_training_run("magnetic_tile", "l2_softmax", 0, 1.2, 0.7, dataset="magnetic_tile_data", image_size=224)
+    out_dir = tmp_path / "report"
+
+    comparison.compare_experiment("tiles", str(out_dir))
+
+    table = read_table(out_dir)
+    assert sorted(zip(table["category"], table["method"])) == [
+        ("magnetic_tile", "L2-softmax"), ("magnetic_tile", "Patch (PatchCore)"),
+    ]
+    assert "missing" not in set(table["test_image_auroc_mean"])
+    drawn = sorted(path.name for path in (out_dir / "figures").rglob("*.png"))
+    assert drawn and all(name.startswith("magnetic_tile-") for name in drawn)
+    page = (out_dir / "comparison.html").read_text()
+    assert "<h1>L2-softmax vs Patch (PatchCore): experiment tiles</h1>" in page
+    assert "SSIM" not in page.split("<h2>Published numbers</h2>")[0]

@@ -26,8 +26,11 @@ Groups: runs on different datasets or image sizes are never pooled. Every
 (dataset, image_size) pair found is its own group, labelled e.g.
 ``synthetic, 64 px``, with its own table rows and figures folder.
 
-Missing data: a method or category with no runs is reported as missing (an
-empty slot with a note in the figure, ``missing`` in the tables), never as zero.
+Missing data: in the article's comparison (a group holding any of its four
+categories) every registered method and the four categories are shown, and
+one with no runs is reported as missing (an empty slot with a note in the
+figure, ``missing`` in the tables), never as zero. On any other dataset (a
+user's own) only the categories and methods that have runs are shown.
 """
 
 from __future__ import annotations
@@ -272,16 +275,27 @@ def group_folder(dataset: str, image_size: int) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset}-{image_size}px")
 
 
-def compared_categories(training: pd.DataFrame) -> list[str]:
-    """The article's four categories, then any other category that has runs."""
-    others = sorted(set(training["category"]) - set(ARTICLE_CATEGORIES))
+def is_article_group(group_runs: pd.DataFrame) -> bool:
+    """Whether a group holds any of the article's categories (the article's comparison, or MVTec AD)."""
+    return bool(set(group_runs["category"]) & set(ARTICLE_CATEGORIES))
+
+
+def compared_categories(group_runs: pd.DataFrame) -> list[str]:
+    """The categories of a group: the article's four then any other with runs, in the article's
+    comparison; only the categories with runs on any other dataset (a user's own)."""
+    others = sorted(set(group_runs["category"]) - set(ARTICLE_CATEGORIES))
+    if not is_article_group(group_runs):
+        return others
     return [*ARTICLE_CATEGORIES, *others]
 
 
 def compared_methods(group_runs: pd.DataFrame) -> list[str]:
-    """Every registered method's label, then each other label with runs (ensembles, variants)."""
+    """The methods of a group: every registered method's label (in the article's comparison) or only
+    those with runs (on any other dataset), then each other label with runs (ensembles, variants)."""
     base_labels = [method.label for method in all_methods()]
-    variants = sorted(set(group_runs["method"]) - set(base_labels))
+    if not is_article_group(group_runs):
+        base_labels = [label for label in base_labels if label in set(group_runs["method"])]
+    variants = sorted(set(group_runs["method"]) - set(base_labels) - {method.label for method in all_methods()})
     return [*base_labels, *variants]
 
 
@@ -294,7 +308,7 @@ def summary_table(training: pd.DataFrame) -> pd.DataFrame:
     """
     rows = []
     for (dataset, image_size), group_runs in training.groupby(["dataset", "image_size"], sort=True):
-        for category in compared_categories(training):
+        for category in compared_categories(group_runs):
             for method in compared_methods(group_runs):
                 runs = group_runs[(group_runs["category"] == category) & (group_runs["method"] == method)]
                 runs = runs.sort_values("seed")
@@ -390,7 +404,7 @@ def comparison_figures(training: pd.DataFrame, published: dict):
     """Yield ``(relative path, Figure)``: one box plot per group, category and metric."""
     for (dataset, image_size), group_runs in training.groupby(["dataset", "image_size"], sort=True):
         methods = compared_methods(group_runs)
-        for category in compared_categories(training):
+        for category in compared_categories(group_runs):
             category_runs = group_runs[group_runs["category"] == category]
             for metric, (value_label, value_range) in REPORTED_METRICS.items():
                 if metric in MAP_METRICS and category_runs[metric].isna().all():
@@ -446,12 +460,13 @@ def _html_page(experiment_name: str, table: pd.DataFrame, published_rows: pd.Dat
         for path in figure_paths
     )
     note_items = "\n".join(f"<li>{html.escape(note)}</li>" for note in notes)
+    compared_labels = list(dict.fromkeys(table.loc[table["n"] > 0, "method"]))
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>defectlab comparison: {html.escape(experiment_name)}</title>
 <style>body {{ font-family: sans-serif; margin: 2em; }} table {{ border-collapse: collapse; font-size: 0.9em; }}
 td, th {{ border: 1px solid #ccc; padding: 0.3em 0.6em; }} figure {{ display: inline-block; }}</style>
 </head><body>
-<h1>SSIM autoencoder vs L2-softmax: experiment {html.escape(experiment_name)}</h1>
+<h1>{html.escape(" vs ".join(compared_labels))}: experiment {html.escape(experiment_name)}</h1>
 <h2>Notes</h2>
 <ul>
 {note_items}
