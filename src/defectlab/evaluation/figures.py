@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # figures are files; never open a window (servers, CI)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 RANKED_GRID_SIZE = 12
@@ -35,21 +36,56 @@ def roc_figure(labels, scores, title: str = "ROC (test split)") -> Figure:
     return figure
 
 
+HISTOGRAM_CLIP_QUANTILE = 0.99
+# The axis is clipped only when the scores above the quantile would stretch it by more than this share.
+HISTOGRAM_CLIP_STRETCH = 0.25
+FLAGGED_COLOUR = "tab:red"
+PASSED_COLOUR = "0.7"
+
+
+def histogram_range(scores, threshold: float | None = None) -> tuple[float, float, int]:
+    """``(low, high, clipped)``: the histogram's axis and how many scores lie above it.
+
+    The axis ends at the `HISTOGRAM_CLIP_QUANTILE` quantile (or the threshold,
+    if higher) when the scores beyond it would stretch it by more than
+    `HISTOGRAM_CLIP_STRETCH`; otherwise it holds every score (``clipped`` 0).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    scores = scores[np.isfinite(scores)]
+    if len(scores) == 0:
+        return 0.0, 1.0, 0
+    marks = [float(threshold)] if threshold is not None and np.isfinite(threshold) else []
+    low = min([float(scores.min()), *marks])
+    highest = max([float(scores.max()), *marks])
+    high = max([float(np.quantile(scores, HISTOGRAM_CLIP_QUANTILE)), *marks])
+    if high <= low or highest - high <= HISTOGRAM_CLIP_STRETCH * (high - low):
+        return low, highest, 0
+    return low, high, int(np.sum(scores > high))
+
+
 def score_histogram_figure(
     labels, scores, threshold: float | None = None, title: str = "Anomaly scores (test split)"
 ) -> Figure:
-    """Overlaid histograms of good and defect scores, with the deployed threshold."""
+    """Overlaid histograms of good and defect scores, with the deployed threshold.
+
+    A few outlying scores do not stretch the axis: beyond `histogram_range`
+    they are counted into the last bin, and the figure says how many.
+    """
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
     figure, axes = plt.subplots(figsize=(6, 4))
-    bins = np.histogram_bin_edges(scores, bins=30)
-    axes.hist(scores[labels == 0], bins=bins, alpha=0.6, label="good", color="tab:blue")
-    axes.hist(scores[labels == 1], bins=bins, alpha=0.6, label="defect", color="tab:red")
+    low, high, clipped = histogram_range(scores, threshold)
+    bins = np.histogram_bin_edges(scores, bins=30, range=(low, high) if high > low else None)
+    shown = np.clip(scores, bins[0], bins[-1])
+    axes.hist(shown[labels == 0], bins=bins, alpha=0.6, label="good", color="tab:blue")
+    axes.hist(shown[labels == 1], bins=bins, alpha=0.6, label="defect", color="tab:red")
     if threshold is not None and np.isfinite(threshold):
         axes.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3g}")
     axes.set_xlabel("anomaly score (higher = more anomalous)")
     axes.set_ylabel("images")
-    axes.set_title(title)
+    if clipped:
+        title = f"{title}\n{clipped} score(s) above {high:.3g} (the {HISTOGRAM_CLIP_QUANTILE:.0%} quantile) in the last bin"
+    axes.set_title(title, fontsize=10 if clipped else None)
     axes.legend()
     figure.tight_layout()
     return figure
@@ -61,8 +97,13 @@ def ranked_grid_figure(
     defect_types,
     title: str,
     columns: int = 4,
+    threshold: float | None = None,
 ) -> Figure:
-    """Grid of images, each tile titled with its score and defect type (in the given order)."""
+    """Grid of images, each tile titled with its score and defect type (in the given order).
+
+    With the deployed ``threshold`` each tile is framed and labelled: red and
+    "flagged" above it (what the deployed detector reports), grey "passed" below.
+    """
     count = len(images)
     rows = max(1, int(np.ceil(count / columns)))
     height = 2.9 * rows + 0.4
@@ -73,6 +114,7 @@ def ranked_grid_figure(
         gridspec_kw={"left": 0.1 / (2.6 * columns), "right": 1 - 0.1 / (2.6 * columns),
                      "bottom": 0.1 / height, "top": 1 - 0.85 / height, "wspace": 0.08, "hspace": 0.3},
     )
+    marked = threshold is not None and np.isfinite(threshold)
     axes_list = np.atleast_1d(axes_grid).ravel()
     for axes in axes_list:
         axes.axis("off")
@@ -82,10 +124,20 @@ def ranked_grid_figure(
             shown, cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255,
             interpolation="nearest",  # resampling each tile dominated the grid's render time
         )
-        axes.set_title(f"{defect_type}\nscore {float(score):.3g}", fontsize=9)
+        label = f"{defect_type}\nscore {float(score):.3g}"
+        if marked:
+            flagged = float(score) > threshold
+            colour = FLAGGED_COLOUR if flagged else PASSED_COLOUR
+            label += "  flagged" if flagged else "  passed"
+            axes.add_patch(Rectangle(
+                (0, 0), 1, 1, transform=axes.transAxes, fill=False, edgecolor=colour, linewidth=4, clip_on=False,
+            ))
+        axes.set_title(label, fontsize=9, color=FLAGGED_COLOUR if marked and float(score) > threshold else "black")
     if count == 0:
         axes_list[0].text(0.5, 0.5, "no images", ha="center", va="center")
-    figure.suptitle(title, y=1 - 0.3 / height)
+    if marked:
+        title = f"{title}\nthreshold {threshold:.4g}: red = flagged by the deployed detector"
+    figure.suptitle(title, y=1 - 0.3 / height, fontsize=10 if marked else None)
     return figure
 
 
@@ -209,8 +261,12 @@ def heatmap_figure(
     defect_types,
     title: str,
     extra_panels: list | None = None,
+    threshold: float | None = None,
 ) -> Figure:
     """One row per image: input, the method's extra panels, anomaly map, ground-truth mask.
+
+    With the deployed ``threshold`` the map panel outlines, in cyan, the one
+    region where the map is above it (what a detector would mark), no other levels.
 
     Parameters
     ----------
@@ -226,7 +282,8 @@ def heatmap_figure(
         Columns between the input and the map (e.g. the SSIM autoencoder's reconstruction).
     """
     extra_panels = list(extra_panels or [])
-    column_names = ["input", *(name for name, _ in extra_panels), "anomaly map", "ground truth"]
+    map_name = "anomaly map" if threshold is None else f"anomaly map\n(cyan: above {threshold:.3g})"
+    column_names = ["input", *(name for name, _ in extra_panels), map_name, "ground truth"]
     count = len(images)
     rows = max(1, count)
     figure, axes_grid = plt.subplots(
@@ -252,6 +309,9 @@ def heatmap_figure(
         axes_grid[row, map_column].imshow(
             anomaly_maps[row], cmap="inferno", vmin=0.0, vmax=max(map_limit, 1e-12)
         )
+        above = np.asarray(anomaly_maps[row]) > threshold if threshold is not None and np.isfinite(threshold) else None
+        if above is not None and above.any() and not above.all():
+            axes_grid[row, map_column].contour(above.astype(float), levels=[0.5], colors="cyan", linewidths=1.2)
         if masks is not None and masks[row].any():
             axes_grid[row, mask_column].imshow(masks[row], cmap="gray", vmin=0, vmax=1)
         else:

@@ -60,5 +60,6 @@ def heatmap_figures(result, scored_images, anomaly_maps, masks, extra_panels_of=
             scored_images[rows], anomaly_maps[rows], masks[rows], scores[indices],
             test_table["defect_type"].to_numpy()[indices], figures.RANKED_TITLES[ranking_name],
             extra_panels=extra_panels_of(scored_images[rows]) if extra_panels_of else None,
+            threshold=result.threshold,
         )
     return heatmaps

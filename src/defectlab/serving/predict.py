@@ -316,12 +316,9 @@ def summary_figure(top: list[tuple[float, int, str, np.ndarray]], threshold: flo
     """The ranked grid of the most anomalous images (``top``: (score, -order, path, image), any order)."""
     ranked = sorted(top, key=lambda entry: entry[:2], reverse=True)
     images = np.stack([entry[3] for entry in ranked]) if ranked else np.zeros((0, 1, 1, 3), np.uint8)
-    labels = [
-        Path(entry[2]).name + (" (flagged)" if entry[0] > threshold else "") for entry in ranked
-    ]
     return figures.ranked_grid_figure(
-        images, [entry[0] for entry in ranked], labels,
-        f"Most anomalous of {scored} images (threshold {threshold:.4g})",
+        images, [entry[0] for entry in ranked], [Path(entry[2]).name for entry in ranked],
+        f"Most anomalous of {scored} images", threshold=threshold,
     )
 
 

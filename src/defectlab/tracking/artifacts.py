@@ -58,7 +58,7 @@ def log_evaluation(evaluation, images: np.ndarray, extra_figures: dict | None = 
         log_figure(
             figures.ranked_grid_figure(
                 test_images[indices], scores[indices], defect_types[indices],
-                figures.RANKED_TITLES[grid_name],
+                figures.RANKED_TITLES[grid_name], threshold=evaluation.threshold,
             ),
             f"ranking/{grid_name}.png",
         )
