@@ -5,6 +5,9 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export MLFLOW_DISABLE_TELEMETRY ?= true
+# Test processes of `make test` (pytest-xdist): a tiny training spends most of its time in
+# single-threaded graph tracing, so two processes keep both cores of a 2-core CI machine busy.
+TEST_WORKERS ?= 2
 
 # CPU-sized demo settings (the MLproject defaults are the article's GPU settings).
 DEMO_CATEGORY ?= carpet
@@ -52,7 +55,7 @@ demo: install
 	@echo "== done: each run printed its test_image_auroc above; browse them with  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: install-test
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # The seconds-long tier for your own loop: no training, no servers.
 test-fast: install-test
