@@ -106,15 +106,16 @@ def ranked_grid_figure(
     """
     count = len(images)
     rows = max(1, int(np.ceil(count / columns)))
-    height = 2.9 * rows + 0.4
+    marked = threshold is not None and np.isfinite(threshold)
+    header = 1.15 if marked else 0.85  # inches above the tiles: one more title line for the threshold
+    height = 2.9 * rows + header - 0.45
     # A fixed layout (inches, from the figure's size): tight_layout drew the whole figure once more to
     # measure it, half of the grid's cost, for tiles that are all alike (two title lines, no axes).
     figure, axes_grid = plt.subplots(
         rows, columns, figsize=(2.6 * columns, height),
         gridspec_kw={"left": 0.1 / (2.6 * columns), "right": 1 - 0.1 / (2.6 * columns),
-                     "bottom": 0.1 / height, "top": 1 - 0.85 / height, "wspace": 0.08, "hspace": 0.3},
+                     "bottom": 0.1 / height, "top": 1 - header / height, "wspace": 0.08, "hspace": 0.3},
     )
-    marked = threshold is not None and np.isfinite(threshold)
     axes_list = np.atleast_1d(axes_grid).ravel()
     for axes in axes_list:
         axes.axis("off")
@@ -137,7 +138,7 @@ def ranked_grid_figure(
         axes_list[0].text(0.5, 0.5, "no images", ha="center", va="center")
     if marked:
         title = f"{title}\nthreshold {threshold:.4g}: red = flagged by the deployed detector"
-    figure.suptitle(title, y=1 - 0.3 / height, fontsize=10 if marked else None)
+    figure.suptitle(title, y=1 - 0.1 / height, verticalalignment="top", fontsize=10 if marked else None)
     return figure
 
 
