@@ -101,3 +101,28 @@ def test_tune_method_runs_a_study_of_that_method(tmp_path, tiny_dataset_root):
     result = CliRunner().invoke(main, ["tune", "ssim", *arguments])
     assert result.exit_code == 1 and "unknown parameter 'coreset_ratio' in the search space of SSIMConfig" in result.output
     assert not (tmp_path / "optuna.db").exists()
+
+
+def test_tensorflows_start_up_chatter_is_left_out_and_anything_else_it_writes_kept():
+    from defectlab.cli import TENSORFLOW_START_UP_NOISE
+
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         "import os, sys\n"
+         "os.environ['TF_CPP_MIN_LOG_LEVEL'] = '0'\n"
+         "from defectlab.cli import import_tensorflow_quietly\n"
+         "os.write(2, b'before\\n')\n"
+         "import_tensorflow_quietly()\n"
+         "import tensorflow as tf\n"
+         "print(sorted(tf.config.list_physical_devices('CPU'))[0].device_type, file=sys.stderr)\n"],
+        capture_output=True, text=True, check=True,
+    )
+    lines = probe.stderr.splitlines()
+    assert lines[0] == "before" and lines[-1] == "CPU"
+    assert not [line for line in lines if TENSORFLOW_START_UP_NOISE.search(line)], probe.stderr
+    for noise in ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+                  "I0000 00:00:1796604425.072787   14592 cudart_stub.cc:31] Could not find cuda drivers on your "
+                  "machine, GPU will not be used.",
+                  "E0000 00:00:1796604433.246268   14592 cuda_platform.cc:52] failed call to cuInit: INTERNAL"):
+        assert TENSORFLOW_START_UP_NOISE.search(noise)
+    assert not TENSORFLOW_START_UP_NOISE.search("W0000 some_op.cc:12] a real warning about this run")

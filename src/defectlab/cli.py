@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import sys
+import tempfile
 
 import click
 
@@ -34,6 +36,45 @@ TUNE_EXCLUDED_TRAINING_FIELDS = frozenset({"register_as", "repeats"})
 QUIET_ENVIRONMENT = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TF_CPP_MIN_LOG_LEVEL": "1"}
 # Options a command cannot run without (click says so in --help and before anything runs).
 REQUIRED_FIELDS = frozenset({"model_uri"})
+
+
+# TensorFlow's start-up chatter on a machine without a GPU, written before its logging is set up
+# (so TF_CPP_MIN_LOG_LEVEL cannot hide it): not what a person running a command needs to read.
+TENSORFLOW_START_UP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called"
+    r"|cudart_stub\.cc:\d+\] Could not find cuda drivers"
+    r"|cuda_platform\.cc:\d+\] failed call to cuInit"
+    r"|cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized"
+    r"|^To enable the following instructions: .*rebuild TensorFlow"
+)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and look for GPUs with its start-up chatter left out of stderr.
+
+    The C++ runtime writes straight to file descriptor 2, so that is captured
+    for the import; every captured line that is not `TENSORFLOW_START_UP_NOISE`
+    (a real warning, an import error) is written back in order.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+            captured.seek(0)
+            for line in captured.read().decode("utf-8", errors="replace").splitlines(keepends=True):
+                if not TENSORFLOW_START_UP_NOISE.search(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 class ShownChoice(click.Choice):
@@ -134,9 +175,10 @@ def training_command(method) -> click.Command:
     """``defectlab <method>``: one option per field of the method's config."""
 
     def train(**options) -> None:
+        config = run_reporting_errors(method.config_class, **options)
+        import_tensorflow_quietly()
         from defectlab.runner import run_repeated
 
-        config = run_reporting_errors(method.config_class, **options)
         echo_training_results(config, run_reporting_errors(run_repeated, config))
 
     return click.Command(
@@ -167,6 +209,7 @@ def run_tune(**options) -> None:
     Training options not in the search space are held fixed; those left empty
     take the chosen method's default.
     """
+    import_tensorflow_quietly()
     from defectlab.tuning import base_training_config, run_study
 
     tune_config = run_reporting_errors(TuneConfig, **{name: options.pop(name) for name in TUNE_FIELDS})
@@ -357,6 +400,7 @@ def baseline(data_dir: str, categories: tuple[str, ...], image_size: int, n_comp
 @config_options(EvaluateConfig)
 def evaluate(**options) -> None:
     """Score a logged or registered detector on a dataset; log a run with the contract's metrics."""
+    import_tensorflow_quietly()
     from defectlab.runner import run_evaluate
 
     result = run_reporting_errors(run_evaluate, run_reporting_errors(EvaluateConfig, **options))
@@ -391,6 +435,7 @@ def predict(**options) -> None:
 @config_options(ExportConfig)
 def export(**options) -> None:
     """Export a detector to run without TensorFlow (ONNX + NumPy) into an MLflow model folder, checked for parity."""
+    import_tensorflow_quietly()
     from defectlab.serving.export import run_export
 
     result = run_reporting_errors(run_export, run_reporting_errors(ExportConfig, **options))
