@@ -104,13 +104,13 @@ def test_tune_method_runs_a_study_of_that_method(tmp_path, tiny_dataset_root):
 
 
 def test_tensorflows_start_up_chatter_is_left_out_and_anything_else_it_writes_kept():
-    from defectlab.cli import TENSORFLOW_START_UP_NOISE
+    from defectlab.console import TENSORFLOW_START_UP_NOISE
 
     probe = subprocess.run(
         [sys.executable, "-c",
          "import os, sys\n"
          "os.environ['TF_CPP_MIN_LOG_LEVEL'] = '0'\n"
-         "from defectlab.cli import import_tensorflow_quietly\n"
+         "from defectlab.console import import_tensorflow_quietly\n"
          "os.write(2, b'before\\n')\n"
          "import_tensorflow_quietly()\n"
          "import tensorflow as tf\n"
@@ -126,3 +126,30 @@ def test_tensorflows_start_up_chatter_is_left_out_and_anything_else_it_writes_ke
                   "E0000 00:00:1796604433.246268   14592 cuda_platform.cc:52] failed call to cuInit: INTERNAL"):
         assert TENSORFLOW_START_UP_NOISE.search(noise)
     assert not TENSORFLOW_START_UP_NOISE.search("W0000 some_op.cc:12] a real warning about this run")
+
+
+def test_the_cuinit_failure_is_kept_where_a_gpu_exists_and_a_crash_still_speaks():
+    from defectlab.console import is_start_up_noise
+
+    failure = "E0000 00:00:17.24   14592 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error"
+    assert is_start_up_noise(failure, gpu_devices_present=False)
+    assert not is_start_up_noise(failure, gpu_devices_present=True)  # a broken driver's only hint
+    # A process that dies during the import (TensorFlow aborts on a CPU it cannot run on) still
+    # shows what it wrote: the lines are forwarded as they come, not after the import.
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         "import os, sys, types\n"
+         "from defectlab.console import import_tensorflow_quietly\n"
+         "dying = types.ModuleType('tensorflow')\n"
+         "class Dying:\n"
+         "    def __getattr__(self, name):\n"
+         "        os.write(2, b'F0000 cpu_check.cc:1] this CPU lacks AVX\\n')\n"
+         "        os._exit(134)\n"
+         "dying.config = Dying()\n"
+         "import builtins\n"
+         "real_import = builtins.__import__\n"
+         "builtins.__import__ = lambda name, *a, **k: dying if name == 'tensorflow' else real_import(name, *a, **k)\n"
+         "import_tensorflow_quietly()\n"],
+        capture_output=True, text=True,
+    )
+    assert probe.returncode == 134 and "this CPU lacks AVX" in probe.stderr

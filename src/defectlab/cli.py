@@ -11,9 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import sys
-import tempfile
 
 import click
 
@@ -21,6 +19,7 @@ from defectlab.config import (
     DEFAULT_PROMOTION_METRIC, EXPORT_FORMATS, OPTIMIZERS, EvaluateConfig, ExportConfig, PredictConfig,
     config_defaults,
 )
+from defectlab.console import import_tensorflow_quietly
 from defectlab.data.decoder import BAD_IMAGE_POLICIES, RESIZE_MODES
 from defectlab.errors import DefectlabError, set_setting_style
 from defectlab.methods import all_methods
@@ -36,45 +35,6 @@ TUNE_EXCLUDED_TRAINING_FIELDS = frozenset({"register_as", "repeats"})
 QUIET_ENVIRONMENT = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TF_CPP_MIN_LOG_LEVEL": "1"}
 # Options a command cannot run without (click says so in --help and before anything runs).
 REQUIRED_FIELDS = frozenset({"model_uri"})
-
-
-# TensorFlow's start-up chatter on a machine without a GPU, written before its logging is set up
-# (so TF_CPP_MIN_LOG_LEVEL cannot hide it): not what a person running a command needs to read.
-TENSORFLOW_START_UP_NOISE = re.compile(
-    r"All log messages before absl::InitializeLog\(\) is called"
-    r"|cudart_stub\.cc:\d+\] Could not find cuda drivers"
-    r"|cuda_platform\.cc:\d+\] failed call to cuInit"
-    r"|cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized"
-    r"|^To enable the following instructions: .*rebuild TensorFlow"
-)
-
-
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow and look for GPUs with its start-up chatter left out of stderr.
-
-    The C++ runtime writes straight to file descriptor 2, so that is captured
-    for the import; every captured line that is not `TENSORFLOW_START_UP_NOISE`
-    (a real warning, an import error) is written back in order.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved_stderr = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices("GPU")
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved_stderr, 2)
-            os.close(saved_stderr)
-            captured.seek(0)
-            for line in captured.read().decode("utf-8", errors="replace").splitlines(keepends=True):
-                if not TENSORFLOW_START_UP_NOISE.search(line):
-                    sys.stderr.write(line)
-            sys.stderr.flush()
 
 
 class ShownChoice(click.Choice):
@@ -209,10 +169,10 @@ def run_tune(**options) -> None:
     Training options not in the search space are held fixed; those left empty
     take the chosen method's default.
     """
+    tune_config = run_reporting_errors(TuneConfig, **{name: options.pop(name) for name in TUNE_FIELDS})
     import_tensorflow_quietly()
     from defectlab.tuning import base_training_config, run_study
 
-    tune_config = run_reporting_errors(TuneConfig, **{name: options.pop(name) for name in TUNE_FIELDS})
     base_config = run_reporting_errors(base_training_config, tune_config, options)
     result = run_reporting_errors(run_study, tune_config, base_config)
     counts = ", ".join(f"{count} {state.lower()}" for state, count in result.trial_counts.items() if count)
@@ -400,10 +360,11 @@ def baseline(data_dir: str, categories: tuple[str, ...], image_size: int, n_comp
 @config_options(EvaluateConfig)
 def evaluate(**options) -> None:
     """Score a logged or registered detector on a dataset; log a run with the contract's metrics."""
+    config = run_reporting_errors(EvaluateConfig, **options)
     import_tensorflow_quietly()
     from defectlab.runner import run_evaluate
 
-    result = run_reporting_errors(run_evaluate, run_reporting_errors(EvaluateConfig, **options))
+    result = run_reporting_errors(run_evaluate, config)
     click.echo(
         f"run {result.run_id}: {result.detector_uri} test_image_auroc="
         f"{result.metrics['test_image_auroc']:.4f} test_tpr_tnr_best={result.metrics['test_tpr_tnr_best']:.4f}"
@@ -435,10 +396,11 @@ def predict(**options) -> None:
 @config_options(ExportConfig)
 def export(**options) -> None:
     """Export a detector to run without TensorFlow (ONNX + NumPy) into an MLflow model folder, checked for parity."""
+    config = run_reporting_errors(ExportConfig, **options)
     import_tensorflow_quietly()
     from defectlab.serving.export import run_export
 
-    result = run_reporting_errors(run_export, run_reporting_errors(ExportConfig, **options))
+    result = run_reporting_errors(run_export, config)
     click.echo(result.summary())
     if result.run_id:
         version = f", version {result.model_version}" if result.model_version else ""
