@@ -212,6 +212,10 @@ class PredictConfig:
 EXPORT_FORMATS = ("onnx",)
 
 
+# Beyond this relative difference an exported detector is wrong, never float32 rounding magnified.
+PARITY_TOLERANCE_LIMIT = 0.1
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """Exporting a detector to run without TensorFlow (``defectlab export``).
@@ -245,9 +249,10 @@ class ExportConfig:
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the first invalid setting."""
-        if not 0 < self.parity_tolerance < 1:
+        if not 0 < self.parity_tolerance <= PARITY_TOLERANCE_LIMIT:
             raise ConfigError(
-                f"parity_tolerance must be a relative difference above 0 and below 1, got {self.parity_tolerance}"
+                f"parity_tolerance must be a relative difference above 0 and at most {PARITY_TOLERANCE_LIMIT} "
+                f"(beyond it the exported graph computes something else), got {self.parity_tolerance}"
             )
         if self.format not in EXPORT_FORMATS:
             raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {self.format!r}")

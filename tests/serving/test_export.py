@@ -243,7 +243,7 @@ def test_a_small_parity_miss_says_how_to_accept_it_and_that_tolerance_lets_it_th
 
 
 def test_parity_tolerance_must_be_a_relative_difference():
-    for value in (0.0, -1e-4, 1.0):
+    for value in (0.0, -1e-4, 0.2, 1.0):
         with pytest.raises(ConfigError, match="parity_tolerance must be a relative difference"):
             ExportConfig(model_uri="m", out="o", parity_tolerance=value)
 

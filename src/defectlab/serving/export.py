@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from defectlab import tracking
-from defectlab.config import ExportConfig
+from defectlab.config import PARITY_TOLERANCE_LIMIT, ExportConfig
 from defectlab.errors import DefectlabError, spell_setting
 from defectlab.serving.bundle import (
     KERAS_RUNTIME, ONNX_RUNTIME, bundle_runtime, onnx_export_of, write_bundle,
@@ -47,8 +47,6 @@ from defectlab.serving.detector import (
 PARITY_RELATIVE_TOLERANCE = ExportConfig.parity_tolerance  # the default
 # Below this magnitude of the original score a difference is measured against it (not a smaller divisor).
 PARITY_SCALE_FLOOR = 1e-6
-# Above this relative difference a failed parity check is a wrong graph, never magnified rounding.
-MAGNIFIED_ROUNDING_LIMIT = 0.1
 THRESHOLD_SPLIT = "threshold"
 ONNX_REQUIREMENTS_FILE = Path(__file__).with_name("requirements-onnx.txt")
 EXPORT_TAGS = {"runtime": ONNX_RUNTIME}
@@ -242,12 +240,12 @@ def check_parity(original: DefectDetector, exported: DefectDetector, paths: list
 
 def parity_advice(report: ParityReport) -> str:
     """What to do about a failed parity check: a broken graph, or rounding the detector magnifies."""
-    if not report.max_relative_difference < MAGNIFIED_ROUNDING_LIMIT:
+    if not report.max_relative_difference < PARITY_TOLERANCE_LIMIT:
         return (
             "Differences this large are not rounding: the exported graph computes something else; "
             "do not deploy it (report it with the method and the worst image)."
         )
-    suggested = _round_up_two_digits(2 * report.max_relative_difference)
+    suggested = min(_round_up_two_digits(2 * report.max_relative_difference), PARITY_TOLERANCE_LIMIT)
     return (
         "Both graphs compute in float32 with different kernels, so their networks' outputs agree to about "
         "1e-6; a detector whose scores magnify that (e.g. a metric detector trained for a few epochs, whose "
