@@ -21,11 +21,25 @@ def test_one_outlier_does_not_stretch_the_histograms_axis_and_the_figure_says_so
     assert sum(patch.get_height() for patch in axes.patches) == len(scores)  # the outlier is in the last bin
 
 
+def test_one_outlier_among_a_few_dozen_scores_is_left_out_too():
+    scores = np.r_[np.linspace(0.0, 1.0, 58), 100.0]
+    low, high, clipped = figures.histogram_range(scores)
+    assert (low, high, clipped) == (0.0, 1.0, 1)
+
+
 def test_without_outliers_or_below_the_threshold_nothing_is_clipped():
     scores = np.arange(100.0)
     assert figures.histogram_range(scores) == (0.0, 99.0, 0)
     assert figures.histogram_range(np.r_[scores, 1e4], threshold=2e4) == (0.0, 2e4, 0)  # the line stays visible
-    assert figures.histogram_range(np.full(5, 3.0)) == (3.0, 3.0, 0)
+    assert figures.histogram_range(np.full(5, 3.0)) == (2.5, 3.5, 0)
+
+
+def test_degenerate_scores_still_draw_a_histogram():
+    for scores in (np.r_[np.full(5, 3.0), np.inf], np.r_[np.full(5, 3.0), np.nan], np.array([np.inf, np.nan])):
+        low, high, _ = figures.histogram_range(scores)
+        assert low < high
+        figures.score_histogram_figure(np.zeros(len(scores)), scores, threshold=float("nan"))
+    assert figures.histogram_range(np.r_[np.full(5, 3.0), np.inf])[2] == 1  # the infinite one is counted
 
 
 def test_ranked_grid_frames_and_labels_the_images_above_the_threshold():

@@ -46,20 +46,25 @@ PASSED_COLOUR = "0.7"
 def histogram_range(scores, threshold: float | None = None) -> tuple[float, float, int]:
     """``(low, high, clipped)``: the histogram's axis and how many scores lie above it.
 
-    The axis ends at the `HISTOGRAM_CLIP_QUANTILE` quantile (or the threshold,
-    if higher) when the scores beyond it would stretch it by more than
-    `HISTOGRAM_CLIP_STRETCH`; otherwise it holds every score (``clipped`` 0).
+    The axis ends at the `HISTOGRAM_CLIP_QUANTILE` quantile (taken as an
+    observed score, so one outlier of a hundred images is left out; or the
+    threshold, if higher) when the scores beyond it would stretch it by more
+    than `HISTOGRAM_CLIP_STRETCH`; otherwise it holds every finite score
+    (``clipped`` 0, or the count of infinite ones). ``low < high`` always.
     """
     scores = np.asarray(scores, dtype=np.float64)
-    scores = scores[np.isfinite(scores)]
-    if len(scores) == 0:
-        return 0.0, 1.0, 0
+    finite = scores[np.isfinite(scores)]
     marks = [float(threshold)] if threshold is not None and np.isfinite(threshold) else []
-    low = min([float(scores.min()), *marks])
-    highest = max([float(scores.max()), *marks])
-    high = max([float(np.quantile(scores, HISTOGRAM_CLIP_QUANTILE)), *marks])
+    if len(finite) == 0:
+        low = marks[0] if marks else 0.0
+        return low - 0.5, low + 0.5, int(np.sum(np.isposinf(scores)))
+    low = min([float(finite.min()), *marks])
+    highest = max([float(finite.max()), *marks])
+    high = max([float(np.quantile(finite, HISTOGRAM_CLIP_QUANTILE, method="lower")), *marks])
     if high <= low or highest - high <= HISTOGRAM_CLIP_STRETCH * (high - low):
-        return low, highest, 0
+        high = highest
+    if high <= low:
+        low, high = low - 0.5, low + 0.5
     return low, high, int(np.sum(scores > high))
 
 
@@ -75,8 +80,8 @@ def score_histogram_figure(
     scores = np.asarray(scores, dtype=np.float64)
     figure, axes = plt.subplots(figsize=(6, 4))
     low, high, clipped = histogram_range(scores, threshold)
-    bins = np.histogram_bin_edges(scores, bins=30, range=(low, high) if high > low else None)
-    shown = np.clip(scores, bins[0], bins[-1])
+    bins = np.linspace(low, high, 31)
+    shown = np.clip(scores, low, high)
     axes.hist(shown[labels == 0], bins=bins, alpha=0.6, label="good", color="tab:blue")
     axes.hist(shown[labels == 1], bins=bins, alpha=0.6, label="defect", color="tab:red")
     if threshold is not None and np.isfinite(threshold):
@@ -84,7 +89,7 @@ def score_histogram_figure(
     axes.set_xlabel("anomaly score (higher = more anomalous)")
     axes.set_ylabel("images")
     if clipped:
-        title = f"{title}\n{clipped} score(s) above {high:.3g} (the {HISTOGRAM_CLIP_QUANTILE:.0%} quantile) in the last bin"
+        title = f"{title}\n{clipped} score(s) above {high:.3g} drawn in the last bin"
     axes.set_title(title, fontsize=10 if clipped else None)
     axes.legend()
     figure.tight_layout()
@@ -267,7 +272,7 @@ def heatmap_figure(
     """One row per image: input, the method's extra panels, anomaly map, ground-truth mask.
 
     With the deployed ``threshold`` the map panel outlines, in cyan, the one
-    region where the map is above it (what a detector would mark), no other levels.
+    region where the map is above it, no other levels.
 
     Parameters
     ----------
@@ -283,7 +288,8 @@ def heatmap_figure(
         Columns between the input and the map (e.g. the SSIM autoencoder's reconstruction).
     """
     extra_panels = list(extra_panels or [])
-    map_name = "anomaly map" if threshold is None else f"anomaly map\n(cyan: above {threshold:.3g})"
+    outlined = threshold is not None and np.isfinite(threshold)
+    map_name = f"anomaly map\n(cyan: above {threshold:.3g})" if outlined else "anomaly map"
     column_names = ["input", *(name for name, _ in extra_panels), map_name, "ground truth"]
     count = len(images)
     rows = max(1, count)
@@ -310,7 +316,7 @@ def heatmap_figure(
         axes_grid[row, map_column].imshow(
             anomaly_maps[row], cmap="inferno", vmin=0.0, vmax=max(map_limit, 1e-12)
         )
-        above = np.asarray(anomaly_maps[row]) > threshold if threshold is not None and np.isfinite(threshold) else None
+        above = np.asarray(anomaly_maps[row]) > threshold if outlined else None
         if above is not None and above.any() and not above.all():
             axes_grid[row, map_column].contour(above.astype(float), levels=[0.5], colors="cyan", linewidths=1.2)
         if masks is not None and masks[row].any():
