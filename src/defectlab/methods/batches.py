@@ -23,6 +23,15 @@ FIXED_BATCH = 8
 IMAGES_PER_BATCH = FIXED_BATCH - 1  # the last row is padding
 
 
+def whole_batches(images_per_chunk: int) -> int:
+    """``images_per_chunk`` rounded up to a multiple of `IMAGES_PER_BATCH`.
+
+    A caller that works through images in chunks (to bound memory) fills every
+    network call then, instead of padding the last call of each chunk.
+    """
+    return max(1, -(-int(images_per_chunk) // IMAGES_PER_BATCH)) * IMAGES_PER_BATCH
+
+
 def fixed_shape_batches(images: np.ndarray, dtype=None) -> Iterator[tuple[np.ndarray, int]]:
     """Yield ``(batch, count)`` over ``images`` in order: ``FIXED_BATCH`` rows, the first ``count`` real.
 

@@ -4,7 +4,7 @@ A detector saves each network with `save_network` and reads it back with
 `load_network`, which goes by the file's suffix: ``.keras`` loads with Keras,
 ``.onnx`` runs with onnxruntime in an `OnnxNetwork` without importing
 TensorFlow or Keras. `OnnxNetwork` answers the part of Keras's model API the
-detectors call (``predict``, ``predict_on_batch``, ``output_shape``), so a
+detectors call (``predict_on_batch``, ``input_shape``, ``output_shape``), so a
 method's own detector class scores with an ONNX network in place of its Keras
 one and nothing after the network is written twice.
 """

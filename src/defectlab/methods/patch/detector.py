@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from defectlab.methods.batches import whole_batches
 from defectlab.methods.network_files import KERAS_FORMAT, load_network, save_network
 from defectlab.methods.patch.arrays import not_fitted_error
 from defectlab.methods.patch.bank import PatchMemoryBank
@@ -119,8 +120,9 @@ class PatchCoreDetector:
             return np.zeros(0), np.zeros((0, image_size, image_size), dtype=np.float32)
         scores, maps = [], []
         with progress("scoring", len(images), "images") as step:
-            for start in range(0, len(images), self.batch_size):
-                batch_scores, batch_maps = self._score_batch(images[start:start + self.batch_size])
+            chunk = whole_batches(self.batch_size)
+            for start in range(0, len(images), chunk):
+                batch_scores, batch_maps = self._score_batch(images[start:start + chunk])
                 scores.append(batch_scores)
                 maps.append(batch_maps)
                 step.update(len(batch_maps))

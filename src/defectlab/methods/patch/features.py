@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from defectlab.methods.batches import predict_fixed_shape
+from defectlab.methods.batches import predict_fixed_shape, whole_batches
 from defectlab.methods.patch.maps import resize_bilinear
 
 if TYPE_CHECKING:
@@ -340,6 +340,7 @@ def extract_patch_features(
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     features = None
+    batch_size = whole_batches(batch_size)
     for start in range(0, len(images), batch_size):
         batch = aggregate_patch_features(
             extract_layer_outputs(extractor, images[start : start + batch_size]),
