@@ -290,15 +290,18 @@ def test_a_killed_workers_trial_ends_failed_and_is_retried(tmp_path, tracking_ur
     assert killed_parent.info.status == "FAILED"
 
 
+WITH_DEFAULT_SIGINT = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+
+
 def test_ctrl_c_marks_the_running_trial_and_stops_cleanly(tmp_path, tracking_uri, tiny_dataset_root):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     tune_config = tiny_tune_config(tmp_path, storage, data_dir=str(tiny_dataset_root))
     # As started from a terminal: a test run in a shell's background job or a pytest-xdist
-    # worker has SIGINT ignored, and a child would inherit that (and rightly ignore Ctrl-C).
+    # worker has SIGINT ignored, and a child would inherit that (and rightly ignore Ctrl-C);
+    # a tiny launcher restores it and execs the worker (no preexec_fn in a threaded process).
     worker = subprocess.Popen(
-        worker_command(tune_config, tiny_dataset_root, epochs=50),
+        [sys.executable, "-c", WITH_DEFAULT_SIGINT, *worker_command(tune_config, tiny_dataset_root, epochs=50)],
         env=subprocess_environment(tracking_uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         trial = wait_for_training_trial(storage, tune_config.resolved_study_name, worker)
