@@ -275,3 +275,26 @@ def test_a_ctrl_c_swallowed_by_a_finaliser_is_raised_again():
             study_module.raise_if_interrupted()
     study_module.raise_if_interrupted()  # outside the guard nothing is remembered
     assert signal.getsignal(signal.SIGINT) is handler_before
+
+
+def test_a_ctrl_c_that_surfaces_as_another_error_is_recorded_as_the_users_ctrl_c(tmp_path, tracking_uri, monkeypatch):
+    # Ctrl-C inside TensorFlow's C code comes out as a SystemError ("returned a result with an
+    # exception set"); the trial must still say it was interrupted, not that training broke.
+    import optuna
+
+    from defectlab import runner
+    from defectlab.methods.metric import MetricConfig
+    from defectlab.tuning import interrupts
+    from defectlab.tuning.objective import StudyObjective
+
+    def interrupted_in_c_code(*arguments, **keywords):
+        interrupts._CtrlC.requested = True  # what the guard's handler records
+        raise SystemError("<built-in method TFE_Py_TapeVariableAccessed> returned a result with an exception set")
+
+    monkeypatch.setattr(runner, "run_training", interrupted_in_c_code)
+    tune_config = TuneConfig(storage=f"sqlite:///{tmp_path / 'optuna.db'}", pruning_interval=0)
+    objective = StudyObjective(tune_config, MetricConfig(), {}, parent_run_id="")
+    trial = optuna.create_study().ask()
+    with interrupts.kept_interrupts(), pytest.raises(SystemError):
+        objective(trial)
+    assert trial.user_attrs["fail_reason"].startswith("KeyboardInterrupt: Ctrl-C (surfaced as SystemError")

@@ -13,6 +13,11 @@ class _CtrlC:
     requested = False
 
 
+def interrupted() -> bool:
+    """Whether Ctrl-C was pressed in this worker (whatever exception it surfaced as)."""
+    return _CtrlC.requested
+
+
 def raise_if_interrupted() -> None:
     """Raise `KeyboardInterrupt` again if Ctrl-C was pressed and its first one got lost."""
     if _CtrlC.requested:

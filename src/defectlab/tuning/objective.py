@@ -22,7 +22,7 @@ from defectlab import data, runner, tracking
 from defectlab.methods import get_method
 from defectlab.tuning.config import TuneConfig
 from defectlab.tuning.errors import SurplusTrialError, TuningError
-from defectlab.tuning.interrupts import raise_if_interrupted
+from defectlab.tuning.interrupts import interrupted, raise_if_interrupted
 from defectlab.tuning.search_space import suggest_training_params
 
 logger = logging.getLogger(__name__)
@@ -149,6 +149,10 @@ class StudyObjective:
             raise
         except (Exception, KeyboardInterrupt) as error:
             reason = f"{type(error).__name__}: {error}"
+            if interrupted() and not isinstance(error, KeyboardInterrupt):
+                # Ctrl-C landing inside TensorFlow's C code surfaces as another error (a SystemError
+                # "returned a result with an exception set"): the cause is still the user's Ctrl-C.
+                reason = f"KeyboardInterrupt: Ctrl-C (surfaced as {reason})"
             trial.set_user_attr("fail_reason", reason[:2000])
             self._mark_runs(trial, monitor, started_ms, config, TrialState.FAIL, reason)
             raise
