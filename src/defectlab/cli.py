@@ -184,6 +184,26 @@ def run_tune(**options) -> None:
         )
 
 
+class MethodTuneCommand(click.Command):
+    """``defectlab tune <method>``; an option of another method is refused naming that method."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as error:
+            field_name = error.option_name.lstrip("-").replace("-", "_")
+            owners = [
+                method.name for method in all_methods()
+                if field_name in {field.name for field in dataclasses.fields(method.config_class)}
+            ]
+            if owners:
+                error.message = (
+                    f"{error.option_name} is an option of {' and '.join('tune ' + owner for owner in owners)}, "
+                    f"not of tune {self.name}"
+                )
+            raise
+
+
 def tune_method_command(method) -> click.Command:
     """``defectlab tune <method>``: the study's options and that method's training options only."""
     excluded = TUNE_FIELDS | TUNE_EXCLUDED_TRAINING_FIELDS
@@ -191,7 +211,7 @@ def tune_method_command(method) -> click.Command:
     def tune(**options) -> None:
         run_tune(method=method.name, **options)
 
-    return click.Command(
+    return MethodTuneCommand(
         method.name, callback=tune, short_help=method.summary,
         help=f"Optuna study over the settings of {method.name}: {method.summary}\n\n"
              "Training options not in the search space are held fixed.",
