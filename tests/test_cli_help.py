@@ -88,7 +88,7 @@ def test_tune_help_lists_the_methods_and_each_method_only_its_own_options():
 
 def test_tune_refuses_another_methods_option_and_options_before_the_method():
     result = CliRunner().invoke(main, ["tune", "metric", "--latent-dim", "8"])
-    assert result.exit_code == 2 and "--latent-dim is an option of tune ssim, not of tune metric" in result.output
+    assert result.exit_code == 2 and "--latent-dim is an option of tune ssim, not of tune metric\n" in result.output
     result = CliRunner().invoke(main, ["tune", "metric", "--no-such-thing", "8"])
     assert result.exit_code == 2 and "No such option '--no-such-thing'" in result.output
     result = CliRunner().invoke(main, ["tune", "--n-trials", "3", "patch"])

@@ -201,6 +201,7 @@ class MethodTuneCommand(click.Command):
                     f"{error.option_name} is an option of {' and '.join('tune ' + owner for owner in owners)}, "
                     f"not of tune {self.name}"
                 )
+                error.possibilities = None  # click's "did you mean" guess would point elsewhere
             raise
 
 
