@@ -12,9 +12,13 @@ fit and scoring seconds. Settings are sized for a 2-core CPU and named in
 each row. MobileNetV2's ImageNet weights come from the shared file
 (``../shared/weights``, put in a temporary ``KERAS_HOME``); EfficientNet-Lite0's
 from the ``defectlab[pretrained]`` extra. Writes a CSV and prints the
-Markdown table the README shows first. Asserts nothing.
+Markdown table the README shows first, and copies the first map-making run's
+``heatmaps/top_defects.png`` to ``--picture`` (the README's picture: drawn
+from the shared photographs, so it is made here and never committed).
+Asserts nothing.
 
-Run: ``python benchmarks/real_defects.py [--variants NAME,...] [--out benchmarks/results/quality-real-defects.csv]``
+Run: ``python benchmarks/real_defects.py [--variants NAME,...] [--out benchmarks/results/quality-real-defects.csv]
+[--picture docs/images/magnetic_tile_heatmaps.png]``
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATA = SHARED / "data"
 MOBILENET_V2_FILE = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 CATEGORY = "magnetic_tile"
+PICTURE_ARTIFACT = "heatmaps/top_defects.png"
 
 # name -> (method, label, settings): CPU-sized, everything else the defaults.
 VARIANTS = {
@@ -64,7 +69,8 @@ def run_variant(name: str) -> dict:
     started = time.perf_counter()
     result = run_training(config)
     metrics = dict(result.metrics)
-    return {"variant": name, "label": label, "wall_seconds": time.perf_counter() - started, **metrics}
+    return {"variant": name, "label": label, "run_id": result.run_id,
+            "wall_seconds": time.perf_counter() - started, **metrics}
 
 
 def cell(row: dict, key: str) -> str:
@@ -88,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality-real-defects.csv"))
+    parser.add_argument("--picture", default=str(Path(__file__).parents[1] / "docs" / "images" / "magnetic_tile_heatmaps.png"))
     arguments = parser.parse_args()
     names = [name.strip() for name in arguments.variants.split(",") if name.strip()]
     unknown = [name for name in names if name not in VARIANTS]
@@ -107,9 +114,18 @@ def main() -> None:
         os.chdir(scratch)
         mlflow.set_tracking_uri(f"sqlite:///{Path(scratch) / 'mlflow.db'}")
         rows = []
+        picture_from = None
         for name in names:
             rows.append(run_variant(name))
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+            if picture_from is None and rows[-1].get("test_pixel_auroc") is not None:
+                picture_from = rows[-1]["run_id"]
+                Path(arguments.picture).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(
+                    mlflow.artifacts.download_artifacts(run_id=picture_from, artifact_path=PICTURE_ARTIFACT),
+                    arguments.picture,
+                )
+                print(f"{PICTURE_ARTIFACT} of run {picture_from} ({name}) copied to {arguments.picture}", flush=True)
     frame = pd.DataFrame(rows)
     Path(arguments.out).parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(arguments.out, index=False)
