@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from defectlab.cli import main
 from defectlab.config import ConfigError, EvaluateConfig
+from defectlab.errors import set_setting_style
 
 
 def test_model_uri_is_required():
@@ -130,7 +131,13 @@ def test_a_model_whose_run_recorded_no_data_must_be_given_its_category(tracking_
 
     with mlflow.start_run() as bare:
         pass
-    with pytest.raises(ConfigError, match=r"recorded no category or data_dir: pass --category and --data-dir"):
+    with pytest.raises(ConfigError, match=r"recorded no category or data_dir: pass category=NAME and data_dir=FOLDER"):
         with_training_data(EvaluateConfig(model_uri=f"runs:/{bare.info.run_id}/detector"))
+    set_setting_style("mlproject")  # as under `mlflow run`: the message speaks its syntax
+    try:
+        with pytest.raises(ConfigError, match=r"pass -P category=NAME and -P data_dir=FOLDER"):
+            with_training_data(EvaluateConfig(model_uri=f"runs:/{bare.info.run_id}/detector"))
+    finally:
+        set_setting_style("python")
     given = EvaluateConfig(model_uri=f"runs:/{bare.info.run_id}/detector", category="carpet", data_dir="synthetic")
     assert with_training_data(given) == given  # named data is taken as it is

@@ -27,6 +27,7 @@ import pandas as pd
 
 from defectlab import data, evaluation, tracking
 from defectlab.config import ConfigError, EvaluateConfig
+from defectlab.errors import spell_setting
 from defectlab.evaluation.pixel import heatmap_figures, pixel_metrics
 from defectlab.methods import method_by_tag, method_of_config
 from defectlab.methods.base import Method
@@ -249,7 +250,10 @@ def with_training_data(config: EvaluateConfig) -> EvaluateConfig:
     if config.category and config.data_dir:
         return config
     run_id = run_id_of_model_uri(config.model_uri)
-    missing = " and ".join(f"--{name.replace('_', '-')}" for name in ("category", "data_dir") if not getattr(config, name))
+    missing = " and ".join(
+        spell_setting(name, placeholder)
+        for name, placeholder in (("category", "NAME"), ("data_dir", "FOLDER")) if not getattr(config, name)
+    )
     if run_id is None:
         raise ConfigError(f"{config.model_uri} has no training run to read its data from: pass {missing}")
     params = mlflow.get_run(run_id).data.params
@@ -259,7 +263,8 @@ def with_training_data(config: EvaluateConfig) -> EvaluateConfig:
         raise ConfigError(f"the training run {run_id} of {config.model_uri} recorded no category or data_dir: pass {missing}")
     logger.info(
         "evaluating on category %s of %s: the data of the model's training run %s "
-        "(--category and --data-dir name other data)", category, data_dir, run_id,
+        "(%s and %s name other data)", category, data_dir, run_id,
+        spell_setting("category", "NAME"), spell_setting("data_dir", "FOLDER"),
     )
     return dataclasses.replace(config, category=category, data_dir=data_dir)
 
