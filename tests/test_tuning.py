@@ -298,3 +298,12 @@ def test_a_ctrl_c_that_surfaces_as_another_error_is_recorded_as_the_users_ctrl_c
     with interrupts.kept_interrupts(), pytest.raises(SystemError):
         objective(trial)
     assert trial.user_attrs["fail_reason"].startswith("KeyboardInterrupt: Ctrl-C (surfaced as SystemError")
+
+
+def test_the_stale_trial_retry_uses_optunas_current_callback_without_a_deprecation_warning(recwarn):
+    from defectlab.tuning.storage import RetryStaleTrial
+
+    retry = RetryStaleTrial(max_retry=2)
+    assert isinstance(retry.retry, optuna.storages.RetryHeartbeatStaleTrialCallback)
+    deprecations = [str(warning.message) for warning in recwarn if issubclass(warning.category, FutureWarning)]
+    assert deprecations == []  # every `defectlab tune` printed Optuna's deprecation of the old name

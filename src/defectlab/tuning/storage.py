@@ -56,13 +56,14 @@ class RetryStaleTrial:
 
     Optuna has already marked the trial failed; this ends the dead worker's
     MLflow runs (trial and parent) as FAILED with the reason, then lets
-    `optuna.storages.RetryFailedTrialCallback` enqueue the same settings again.
+    `optuna.storages.RetryHeartbeatStaleTrialCallback` enqueue the same settings again
+    (Optuna 4.9 deprecated its older name, RetryFailedTrialCallback).
     """
 
     REASON = "the worker running this trial stopped sending heartbeats (killed, or lost its storage)"
 
     def __init__(self, max_retry: int = STALE_TRIAL_RETRIES):
-        self.retry = optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
+        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         logger.warning("trial %d of study %s: %s; retrying it", trial.number, study.study_name, self.REASON)
