@@ -47,6 +47,18 @@ def test_default_ssim_space_searches_the_bottleneck():
     assert set(space) == {"epochs", "optimizer", "learning_rate", "latent_dim"}
 
 
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "efficientnet_lite0"])
+def test_default_patch_space_reaches_the_neighbourhood_and_size_real_tiles_chose(arch):
+    import defectlab.methods.patch as patch_method
+    from defectlab.methods.patch import PatchConfig
+
+    space = validate_search_space(patch_method.search_space(arch), PatchConfig(backbone_arch=arch))
+    assert (space["patch_size"]["low"], space["patch_size"]["high"], space["patch_size"]["step"]) == (1, 7, 2)
+    assert 192 in space["image_size"]["choices"] and 224 in space["image_size"]["choices"]
+    for patch_size in (1, 7):
+        PatchConfig(backbone_arch=arch, patch_size=patch_size, image_size=192).validate()
+
+
 # YAML validation: one rule per test
 
 
@@ -307,3 +319,25 @@ def test_the_stale_trial_retry_uses_optunas_current_callback_without_a_deprecati
     assert isinstance(retry.retry, optuna.storages.RetryHeartbeatStaleTrialCallback)
     deprecations = [str(warning.message) for warning in recwarn if issubclass(warning.category, FutureWarning)]
     assert deprecations == []  # every `defectlab tune` printed Optuna's deprecation of the old name
+
+
+def test_a_trials_pruning_images_are_read_as_the_trial_reads_them(tmp_path):
+    """A study searching ``resize`` scored its pruning checks on the first trial's geometry."""
+    import numpy as np
+    from PIL import Image
+
+    from defectlab.methods.metric import MetricConfig
+    from defectlab.tuning.objective import StudyObjective
+
+    for folder, count in (("train/good", 6), ("test/good", 4), ("test/dent", 4)):
+        (tmp_path / "wide" / folder).mkdir(parents=True)
+        for index in range(count):
+            Image.fromarray(np.full((32, 64, 3), 200, dtype=np.uint8)).save(tmp_path / "wide" / folder / f"{index}.png")
+    base = MetricConfig(data_dir=str(tmp_path), category="wide", image_size=32, resize="stretch")
+    objective = StudyObjective(TuneConfig(method="metric", data_dir=str(tmp_path), category="wide"), base, {}, "")
+
+    stretched = objective.dataset(base).images
+    padded = objective.dataset(dataclasses.replace(base, resize="pad")).images
+    assert (stretched == 200).all()
+    assert (padded[:, :8] == 0).all() and (padded[:, 8:24] == 200).all()  # 64 x 32 into 32 x 32: 16 rows, centred
+    assert objective.dataset(base) is objective.dataset(base)  # each way of reading loads once

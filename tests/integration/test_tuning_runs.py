@@ -379,3 +379,29 @@ def test_ssim_study_searches_the_bottleneck_and_prunes_on_the_autoencoders_score
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "intermediate_val_image_auroc")
     assert [point.step for point in history] == [1]
     assert result.best_value == pytest.approx(run.data.metrics["val_image_auroc"])
+
+
+def test_a_trial_that_draws_a_completed_trials_settings_reuses_its_run_instead_of_training_again(
+    tmp_path, tracking_uri, tiny_dataset_root
+):
+    space = tmp_path / "one_point.yaml"
+    space.write_text("patch_neighbors: {type: categorical, choices: [3]}\n")  # every draw is the same
+    tune_config = TuneConfig(
+        method="patch", category="carpet", data_dir=str(tiny_dataset_root),
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}", search_space=str(space), n_trials=3,
+    )
+    base = tuning.base_training_config(tune_config, {"image_size": 64, "backbone": "pixels"})
+    result = tuning.run_study(tune_config, base)
+
+    study = optuna.load_study(study_name=tune_config.resolved_study_name, storage=tune_config.storage)
+    trials = sorted(study.trials, key=lambda trial: trial.number)
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 3
+    assert "duplicate_of" not in trials[0].user_attrs
+    assert [trial.user_attrs["duplicate_of"] for trial in trials[1:]] == [0, 0]
+    assert {trial.value for trial in trials} == {trials[0].value}
+    first_run = trials[0].user_attrs["mlflow_run_id"]
+    assert [trial.user_attrs["mlflow_run_id"] for trial in trials] == [first_run] * 3
+    assert trials[2].user_attrs["test_image_auroc"] == trials[0].user_attrs["test_image_auroc"]
+    # Only the first trial trained: one nested run under the study's parent.
+    assert list(runs_by_trial_number([result.parent_run_id])) == [0]
+    assert result.best_run_id == first_run

@@ -96,8 +96,30 @@ def trial_counts(study: optuna.Study) -> TrialCounts:
     return TrialCounts(done=done, running=len(trials) - done)
 
 
+def dataset_key(config, grayscale: bool) -> tuple:
+    """What decides the images a run reads and how they split: size, colour, geometry, bad-file policy, seed."""
+    return (config.image_size, grayscale, config.resize, config.on_bad_image, config.seed)
+
+
+def completed_twin(trial: optuna.Trial, params: dict) -> optuna.trial.FrozenTrial | None:
+    """The earliest completed trial of the study whose settings equal ``params``, or None.
+
+    Its own reused value counts: a twin of a twin finds the first of them.
+    """
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if other.number != trial.number and other.params == params and other.value is not None:
+            return other
+    return None
+
+
 class StudyObjective:
     """The objective of one worker: draw settings, train a nested run, return ``val_image_auroc``.
+
+    A trial that draws exactly the settings of a completed trial (likely in a
+    small discrete space: TPE's first trials are random draws) trains nothing:
+    runs are seeded, so it would repeat that run. It returns the completed
+    trial's value and records its run and figures, with the user attribute
+    ``duplicate_of`` naming it; it has no MLflow run of its own.
 
     A trial that fails (an exception, a non-finite loss, Ctrl-C) is recorded
     as failed: the reason in the trial's user attribute ``fail_reason`` and
@@ -115,14 +137,19 @@ class StudyObjective:
         self.method = get_method(tune_config.method)
         self.datasets = dict(datasets or {})
 
-    def dataset(self, image_size: int, grayscale: bool) -> data.CategoryData:
-        """The category at one image size, loaded once per worker (searched sizes each once)."""
-        key = (image_size, grayscale)
+    def dataset(self, config) -> data.CategoryData:
+        """The category as ``config`` reads it, loaded once per worker for each way of reading it.
+
+        Keyed by everything a search may change about the images (`dataset_key`):
+        a study searching ``resize`` must score its pruning checks on the images
+        the trial trains on, not on the first trial's.
+        """
+        key = dataset_key(config, self.method.grayscale(config))
         if key not in self.datasets:
             self.datasets[key] = data.load_category(
-                self.base_config.data_dir, self.base_config.category, image_size,
-                grayscale=grayscale, seed=self.base_config.seed, resize=self.base_config.resize,
-                on_bad_image=self.base_config.on_bad_image,
+                config.data_dir, config.category, config.image_size,
+                grayscale=key[1], seed=config.seed, resize=config.resize,
+                on_bad_image=config.on_bad_image,
             )
         return self.datasets[key]
 
@@ -133,12 +160,15 @@ class StudyObjective:
         trial.set_user_attr("mlflow_parent_run_id", self.parent_run_id)
         self._refuse_surplus_trial(trial)
         params = suggest_training_params(trial, self.search_space)
+        twin = completed_twin(trial, params)
+        if twin is not None:
+            return self._reuse(trial, twin)
         config = dataclasses.replace(self.base_config, **params)
         monitor = TrialMonitor(trial, self.run_tags(trial), pruning_interval=self.tune_config.pruning_interval)
         started_ms = int(time.time() * 1000)
         try:
             if self.tune_config.pruning_interval and self.method.pruning_scorer is not None:
-                dataset = self.dataset(config.image_size, self.method.grayscale(config))
+                dataset = self.dataset(config)
                 monitor.score_validation = self.method.pruning_scorer(dataset, config)
             with tracking.Stopwatch() as watch:
                 result = runner.run_training(
@@ -170,6 +200,18 @@ class StudyObjective:
                 trial.set_user_attr(key, float(metric))
         tracking.set_run_tags(result.run_id, {**self.run_tags(trial), "trial_state": TrialState.COMPLETE.name})
         return float(value)
+
+    def _reuse(self, trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> float:
+        """Record ``twin``'s run and figures on ``trial`` and return its value (see the class docstring)."""
+        logger.info(
+            "trial %d draws the settings of completed trial %d (%s): its value %.4f is reused, nothing trains",
+            trial.number, twin.number, ", ".join(f"{key}={value}" for key, value in twin.params.items()), twin.value,
+        )
+        for key, value in twin.user_attrs.items():
+            if key == "mlflow_run_id" or key == OBJECTIVE_METRIC or key.startswith("test_"):
+                trial.set_user_attr(key, value)
+        trial.set_user_attr("duplicate_of", twin.number)
+        return float(twin.value)
 
     def _refuse_surplus_trial(self, trial: optuna.Trial) -> None:
         """Fail a trial that another worker's earlier trials make one too many.

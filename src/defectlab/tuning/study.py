@@ -33,7 +33,7 @@ from defectlab import data, tracking
 from defectlab.config import ConfigError
 from defectlab.methods import get_method
 from defectlab.tuning.config import TuneConfig
-from defectlab.tuning.objective import StudyObjective
+from defectlab.tuning.objective import StudyObjective, dataset_key
 from defectlab.tuning.report import StudyResult, log_study_summary, study_result
 from defectlab.tuning.search_space import resolve_search_space
 from defectlab.tuning.storage import describe_url, open_study
@@ -87,7 +87,7 @@ def run_study(tune_config: TuneConfig, base_config, pruner: optuna.pruners.BaseP
         tracking.log_dict(dataclasses.asdict(base_config), "fixed_settings.json")
         objective = StudyObjective(
             tune_config, base_config, search_space, parent.info.run_id,
-            datasets={(base_config.image_size, grayscale): dataset},
+            datasets={dataset_key(base_config, grayscale): dataset},
         )
         try:
             run_worker_trials(study, objective, tune_config)
