@@ -341,3 +341,25 @@ def test_a_trials_pruning_images_are_read_as_the_trial_reads_them(tmp_path):
     assert (stretched == 200).all()
     assert (padded[:, :8] == 0).all() and (padded[:, 8:24] == 200).all()  # 64 x 32 into 32 x 32: 16 rows, centred
     assert objective.dataset(base) is objective.dataset(base)  # each way of reading loads once
+
+
+def test_a_dead_workers_duplicate_trial_leaves_the_run_it_reused_finished(tracking_uri):
+    import mlflow
+
+    from defectlab.tuning.storage import RetryStaleTrial
+
+    with mlflow.start_run() as parent:
+        pass
+    with mlflow.start_run() as reused:  # the completed twin's run
+        pass
+    study = optuna.create_study()
+    stale = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.FAIL, params={}, distributions={},
+        user_attrs={"mlflow_run_id": reused.info.run_id, "mlflow_parent_run_id": parent.info.run_id,
+                    "duplicate_of": 0},
+    )
+    RetryStaleTrial(max_retry=1)(study, stale)
+
+    assert mlflow.get_run(reused.info.run_id).info.status == "FINISHED"
+    assert mlflow.get_run(parent.info.run_id).info.status == "FAILED"  # the dead worker's own parent run
+    assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.WAITING]  # retried

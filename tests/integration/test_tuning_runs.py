@@ -6,6 +6,7 @@ one epoch on a handful of reference images, so a trial costs seconds on a CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -405,3 +406,16 @@ def test_a_trial_that_draws_a_completed_trials_settings_reuses_its_run_instead_o
     # Only the first trial trained: one nested run under the study's parent.
     assert list(runs_by_trial_number([result.parent_run_id])) == [0]
     assert result.best_run_id == first_run
+    assert mlflow.get_run(result.parent_run_id).data.tags["best_trial_number"] == "0"
+
+    # A worker joining the study with other fixed settings trains its own run for the same draw.
+    joined = tuning.run_study(
+        dataclasses.replace(tune_config, n_trials=4), tuning.base_training_config(tune_config, {
+            "image_size": 96, "backbone": "pixels",
+        }),
+    )
+    fourth = optuna.load_study(study_name=tune_config.resolved_study_name, storage=tune_config.storage).trials[3]
+    assert fourth.state == TrialState.COMPLETE and "duplicate_of" not in fourth.user_attrs
+    assert fourth.user_attrs["mlflow_run_id"] != first_run
+    assert mlflow.get_run(fourth.user_attrs["mlflow_run_id"]).data.params["image_size"] == "96"
+    assert list(runs_by_trial_number([joined.parent_run_id])) == [3]

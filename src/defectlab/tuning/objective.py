@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import time
@@ -24,12 +26,15 @@ from defectlab.tuning.config import TuneConfig
 from defectlab.tuning.errors import SurplusTrialError, TuningError
 from defectlab.tuning.interrupts import interrupted, raise_if_interrupted
 from defectlab.tuning.search_space import suggest_training_params
+from defectlab.tuning.storage import DUPLICATE_ATTR
 
 logger = logging.getLogger(__name__)
 
 OBJECTIVE_METRIC = "val_image_auroc"
 INTERMEDIATE_METRIC = "intermediate_val_image_auroc"
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+# Trial user attribute: the digest of the study's fixed settings.
+FIXED_SETTINGS_ATTR = "fixed_settings"
 
 
 class TrialMonitor(keras.callbacks.Callback):
@@ -101,13 +106,28 @@ def dataset_key(config, grayscale: bool) -> tuple:
     return (config.image_size, grayscale, config.resize, config.on_bad_image, config.seed)
 
 
-def completed_twin(trial: optuna.Trial, params: dict) -> optuna.trial.FrozenTrial | None:
-    """The earliest completed trial of the study whose settings equal ``params``, or None.
+def fixed_settings_fingerprint(base_config, search_space: dict) -> str:
+    """A digest of the settings a study holds fixed (everything but the searched ones).
 
-    Its own reused value counts: a twin of a twin finds the first of them.
+    Workers may join one study with other fixed options (another ``image_size``,
+    backbone or data folder under the same study name): only trials whose fixed
+    settings match are the same run.
+    """
+    fixed = {key: value for key, value in dataclasses.asdict(base_config).items() if key not in search_space}
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def completed_twin(trial: optuna.Trial, params: dict, fingerprint: str) -> optuna.trial.FrozenTrial | None:
+    """The earliest completed trial with the same searched and fixed settings, or None.
+
+    Searched settings: equal ``params``. Fixed ones: an equal ``fixed_settings``
+    user attribute (`fixed_settings_fingerprint`). A twin of a twin finds the first of them.
     """
     for other in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if other.number != trial.number and other.params == params and other.value is not None:
+        if (
+            other.number != trial.number and other.params == params and other.value is not None
+            and other.user_attrs.get(FIXED_SETTINGS_ATTR) == fingerprint
+        ):
             return other
     return None
 
@@ -115,11 +135,13 @@ def completed_twin(trial: optuna.Trial, params: dict) -> optuna.trial.FrozenTria
 class StudyObjective:
     """The objective of one worker: draw settings, train a nested run, return ``val_image_auroc``.
 
-    A trial that draws exactly the settings of a completed trial (likely in a
-    small discrete space: TPE's first trials are random draws) trains nothing:
-    runs are seeded, so it would repeat that run. It returns the completed
-    trial's value and records its run and figures, with the user attribute
-    ``duplicate_of`` naming it; it has no MLflow run of its own.
+    A trial that draws exactly the settings of a completed trial, searched and
+    fixed alike (likely in a small discrete space: TPE's first 10 trials are
+    random draws), trains nothing: runs are seeded, so it would repeat that run
+    (exactly for the patch method; up to the nondeterminism of TensorFlow's
+    kernels for the trained ones). It returns the completed trial's value and
+    records its run and figures, with the user attribute ``duplicate_of``
+    naming it; it has no MLflow run of its own.
 
     A trial that fails (an exception, a non-finite loss, Ctrl-C) is recorded
     as failed: the reason in the trial's user attribute ``fail_reason`` and
@@ -160,7 +182,9 @@ class StudyObjective:
         trial.set_user_attr("mlflow_parent_run_id", self.parent_run_id)
         self._refuse_surplus_trial(trial)
         params = suggest_training_params(trial, self.search_space)
-        twin = completed_twin(trial, params)
+        fingerprint = fixed_settings_fingerprint(self.base_config, self.search_space)
+        trial.set_user_attr(FIXED_SETTINGS_ATTR, fingerprint)
+        twin = completed_twin(trial, params, fingerprint)
         if twin is not None:
             return self._reuse(trial, twin)
         config = dataclasses.replace(self.base_config, **params)
@@ -207,10 +231,12 @@ class StudyObjective:
             "trial %d draws the settings of completed trial %d (%s): its value %.4f is reused, nothing trains",
             trial.number, twin.number, ", ".join(f"{key}={value}" for key, value in twin.params.items()), twin.value,
         )
+        # duplicate_of first: a worker dying in between must not let the stale-trial
+        # callback end the reused run as FAILED (`storage.RetryStaleTrial`).
+        trial.set_user_attr(DUPLICATE_ATTR, twin.user_attrs.get(DUPLICATE_ATTR, twin.number))
         for key, value in twin.user_attrs.items():
             if key == "mlflow_run_id" or key == OBJECTIVE_METRIC or key.startswith("test_"):
                 trial.set_user_attr(key, value)
-        trial.set_user_attr("duplicate_of", twin.number)
         return float(twin.value)
 
     def _refuse_surplus_trial(self, trial: optuna.Trial) -> None:

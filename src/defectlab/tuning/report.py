@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from defectlab import tracking
 from defectlab.tuning.objective import OBJECTIVE_METRIC
+from defectlab.tuning.storage import DUPLICATE_ATTR
 
 
 def trials_table(study: optuna.Study):
@@ -38,7 +39,8 @@ def log_study_summary(study: optuna.Study) -> None:
     best = study.best_trial
     tracking.log_params({f"best_{name}": value for name, value in best.params.items()})
     tracking.log_tags({
-        "best_trial_number": best.number,
+        # A best trial that reused an earlier one's run names that trial: the one with the run.
+        "best_trial_number": best.user_attrs.get(DUPLICATE_ATTR, best.number),
         "best_trial_run_id": best.user_attrs.get("mlflow_run_id", ""),
     })
     best_metrics = {

@@ -51,6 +51,10 @@ def _with_retries(what: str, action):
             time.sleep(STORAGE_BACKOFF_SECONDS * attempt * (1 + random.random()))
 
 
+# The trial user attribute of a trial that reused a completed twin's run (`objective.StudyObjective`).
+DUPLICATE_ATTR = "duplicate_of"
+
+
 class RetryStaleTrial:
     """Heartbeat callback: a trial whose worker died ends FAIL in MLflow too, and is retried.
 
@@ -67,7 +71,9 @@ class RetryStaleTrial:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         logger.warning("trial %d of study %s: %s; retrying it", trial.number, study.study_name, self.REASON)
-        for key in ("mlflow_run_id", "mlflow_parent_run_id"):
+        # A duplicate's mlflow_run_id is the run of the trial it reused, which finished well.
+        keys = ("mlflow_parent_run_id",) if DUPLICATE_ATTR in trial.user_attrs else ("mlflow_run_id", "mlflow_parent_run_id")
+        for key in keys:
             run_id = trial.user_attrs.get(key)
             if run_id:
                 # The dead worker's tracking store may not be this worker's: best effort.

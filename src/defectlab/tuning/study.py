@@ -12,7 +12,8 @@
    returns its ``val_image_auroc``. The ``test`` split is never looked at by
    the objective; it only feeds each run's final figures. Every few epochs
    the validation split is scored so that a `optuna.pruners.MedianPruner`
-   can stop hopeless trials.
+   can stop hopeless trials. A trial that draws the settings of a completed
+   one reuses its run and value instead (``duplicate_of``).
 4. When this worker is done, the parent logs the best settings, the best
    trial's run id and test figures, a trials table and Optuna's plots.
 
