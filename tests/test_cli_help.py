@@ -64,6 +64,23 @@ def test_the_console_script_quiets_download_bars_unless_the_user_set_them(monkey
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
 
 
+def test_libraries_info_notes_are_shown_only_with_verbose():
+    import logging
+
+    faiss_loader = logging.getLogger("faiss.loader")
+    try:
+        CliRunner().invoke(main, ["promote", "--help"])
+        # faiss's loader logs "Could not load library with AVX2 support due to: ModuleNotFoundError(...)"
+        assert not faiss_loader.isEnabledFor(logging.INFO)
+        assert faiss_loader.isEnabledFor(logging.WARNING)
+        assert not logging.getLogger("mlflow.system_metrics.system_metrics_monitor").isEnabledFor(logging.INFO)
+        CliRunner().invoke(main, ["-v", "promote", "--help"])
+        assert faiss_loader.level == logging.NOTSET  # with --verbose it follows the root logger again
+    finally:
+        faiss_loader.setLevel(logging.NOTSET)
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.NOTSET)
+
+
 def option_names(command: click.Command) -> set[str]:
     return {parameter.name for parameter in command.params if isinstance(parameter, click.Option)}
 

@@ -33,6 +33,10 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (DefectlabError, FileNotFound
 TUNE_FIELDS = frozenset(config_defaults(TuneConfig))
 TUNE_EXCLUDED_TRAINING_FIELDS = frozenset({"register_as", "repeats"})
 QUIET_ENVIRONMENT = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TF_CPP_MIN_LOG_LEVEL": "1"}
+# Libraries' own notes at INFO, shown only with --verbose: faiss's loader reports a
+# ModuleNotFoundError each time it picks its generic build, MLflow's system-metrics
+# monitor that a CPU machine has no GPU to measure.
+QUIET_LOGGERS = ("faiss.loader", "mlflow.system_metrics")
 # Options a command cannot run without (click says so in --help and before anything runs).
 REQUIRED_FIELDS = frozenset({"model_uri"})
 
@@ -303,6 +307,8 @@ def main(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
 def echo_training_results(config, results) -> None:
