@@ -59,6 +59,14 @@ def training_tags(method: Method, config, dataset: data.CategoryData, prepared, 
     }
 
 
+def load_dataset(config, grayscale: bool) -> data.CategoryData:
+    """The category as a training ``config`` reads it: its size, colour, geometry, bad-file policy and split seed."""
+    return data.load_category(
+        config.data_dir, config.category, config.image_size, grayscale=grayscale, seed=config.seed,
+        resize=config.resize, on_bad_image=config.on_bad_image,
+    )
+
+
 def run_training(config, run_name: str | None = None, nested: bool = False,
                  epoch_callbacks: list | None = None) -> RunResult:
     """Train, score, evaluate and log one run of the method whose config ``config`` is.
@@ -73,10 +81,7 @@ def run_training(config, run_name: str | None = None, nested: bool = False,
     tracking.check_tracking_server()
     method.check(config)
     grayscale = method.grayscale(config)
-    dataset = data.load_category(
-        config.data_dir, config.category, config.image_size, grayscale=grayscale, seed=config.seed,
-        resize=config.resize, on_bad_image=config.on_bad_image,
-    )
+    dataset = load_dataset(config, grayscale)
     scored = evaluation.scored_rows(dataset.table)
     scored_table = dataset.table[scored]
     masks = data.load_masks(scored_table, config.image_size, resize=config.resize) if method.makes_maps else None

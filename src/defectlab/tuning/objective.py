@@ -158,6 +158,7 @@ class StudyObjective:
         self.parent_run_id = parent_run_id
         self.method = get_method(tune_config.method)
         self.datasets = dict(datasets or {})
+        self.fixed_settings = fixed_settings_fingerprint(base_config, search_space)
 
     def dataset(self, config) -> data.CategoryData:
         """The category as ``config`` reads it, loaded once per worker for each way of reading it.
@@ -168,11 +169,7 @@ class StudyObjective:
         """
         key = dataset_key(config, self.method.grayscale(config))
         if key not in self.datasets:
-            self.datasets[key] = data.load_category(
-                config.data_dir, config.category, config.image_size,
-                grayscale=key[1], seed=config.seed, resize=config.resize,
-                on_bad_image=config.on_bad_image,
-            )
+            self.datasets[key] = runner.load_dataset(config, key[1])
         return self.datasets[key]
 
     def run_tags(self, trial: optuna.Trial) -> dict:
@@ -182,9 +179,8 @@ class StudyObjective:
         trial.set_user_attr("mlflow_parent_run_id", self.parent_run_id)
         self._refuse_surplus_trial(trial)
         params = suggest_training_params(trial, self.search_space)
-        fingerprint = fixed_settings_fingerprint(self.base_config, self.search_space)
-        trial.set_user_attr(FIXED_SETTINGS_ATTR, fingerprint)
-        twin = completed_twin(trial, params, fingerprint)
+        trial.set_user_attr(FIXED_SETTINGS_ATTR, self.fixed_settings)
+        twin = completed_twin(trial, params, self.fixed_settings)
         if twin is not None:
             return self._reuse(trial, twin)
         config = dataclasses.replace(self.base_config, **params)

@@ -30,7 +30,7 @@ import logging
 
 import optuna
 
-from defectlab import data, tracking
+from defectlab import data, runner, tracking
 from defectlab.config import ConfigError
 from defectlab.methods import get_method
 from defectlab.tuning.config import TuneConfig
@@ -66,11 +66,7 @@ def run_study(tune_config: TuneConfig, base_config, pruner: optuna.pruners.BaseP
     method.check(base_config)  # weights files and downloads, before the dataset is read
     # Loaded once, before any run exists: a missing category fails here, not in every trial.
     grayscale = method.grayscale(base_config)
-    dataset = data.load_category(
-        base_config.data_dir, base_config.category, base_config.image_size,
-        grayscale=grayscale, seed=base_config.seed, resize=base_config.resize,
-        on_bad_image=base_config.on_bad_image,
-    )
+    dataset = runner.load_dataset(base_config, grayscale)
     tracking.prepare_tracking_store()
     study = open_study(tune_config, pruner)
     parent_tags = {
