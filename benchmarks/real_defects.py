@@ -21,7 +21,7 @@ Markdown table the README shows first, and copies the ``patch-efficientnet`` run
 from the shared photographs, so it is made here and never committed).
 Asserts nothing.
 
-Run: ``python benchmarks/real_defects.py [--variants NAME,...] [--out benchmarks/results/quality-real-defects.csv]
+Run: ``python benchmarks/real_defects.py [--data-dir ROOT] [--variants NAME,...] [--out benchmarks/results/quality-real-defects.csv]
 [--picture docs/images/magnetic_tile_heatmaps.png]``
 """
 
@@ -75,12 +75,12 @@ COLUMNS = [
 ]
 
 
-def run_variant(name: str) -> dict:
+def run_variant(name: str, data_dir: Path) -> dict:
     from defectlab.methods import get_method
     from defectlab.runner import run_training
 
     method_name, label, settings = VARIANTS[name]
-    config = get_method(method_name).config_class(data_dir=str(DATA), category=CATEGORY, seed=0, **settings)
+    config = get_method(method_name).config_class(data_dir=str(data_dir), category=CATEGORY, seed=0, **settings)
     started = time.perf_counter()
     result = run_training(config)
     metrics = dict(result.metrics)
@@ -88,7 +88,7 @@ def run_variant(name: str) -> dict:
             "wall_seconds": time.perf_counter() - started, **metrics}
 
 
-def run_tuned_variant(name: str, scratch: Path) -> dict:
+def run_tuned_variant(name: str, scratch: Path, data_dir: Path) -> dict:
     """Tune on the val split with `run_study`; the best-on-val trial's test figures, its choices in the label."""
     import mlflow
     import yaml
@@ -99,10 +99,10 @@ def run_tuned_variant(name: str, scratch: Path) -> dict:
     method_name, label, settings, space, n_trials = TUNED_VARIANTS[name]
     space_file = scratch / f"{name}.yaml"
     space_file.write_text(yaml.safe_dump(space))
-    base = get_method(method_name).config_class(data_dir=str(DATA), category=CATEGORY, seed=0, **settings)
+    base = get_method(method_name).config_class(data_dir=str(data_dir), category=CATEGORY, seed=0, **settings)
     started = time.perf_counter()
     result = run_study(TuneConfig(
-        method=method_name, category=CATEGORY, data_dir=str(DATA), n_trials=n_trials, seed=0,
+        method=method_name, category=CATEGORY, data_dir=str(data_dir), n_trials=n_trials, seed=0,
         storage=f"sqlite:///{scratch / 'optuna.db'}", study_name=name, search_space=str(space_file),
     ), base)
     if result.best_run_id is None:
@@ -135,6 +135,8 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=",".join([*TUNED_VARIANTS, *VARIANTS]))
+    parser.add_argument("--data-dir", default=str(DATA),
+                        help=f"dataset root holding {CATEGORY}/ in MVTec AD layout (default: the shared folder)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality-real-defects.csv"))
     parser.add_argument("--picture", default=str(Path(__file__).parents[1] / "docs" / "images" / "magnetic_tile_heatmaps.png"))
     arguments = parser.parse_args()
@@ -142,8 +144,12 @@ def main() -> None:
     unknown = [name for name in names if name not in VARIANTS and name not in TUNED_VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {', '.join([*TUNED_VARIANTS, *VARIANTS])}")
-    if not (DATA / CATEGORY).is_dir() or not MOBILENET_V2_FILE.is_file():
-        sys.exit(f"needs {DATA / CATEGORY} and {MOBILENET_V2_FILE} (the shared folder beside the project)")
+    data_dir = Path(arguments.data_dir).expanduser().resolve()
+    mobilenet_needed = any(VARIANTS[name][2].get("backbone_alpha") == 1.0 for name in names if name in VARIANTS)
+    if not (data_dir / CATEGORY).is_dir():
+        sys.exit(f"needs {data_dir / CATEGORY} (pass --data-dir, the root that holds {CATEGORY}/)")
+    if mobilenet_needed and not MOBILENET_V2_FILE.is_file():
+        sys.exit(f"the patch-mobilenet variant needs {MOBILENET_V2_FILE} (the shared folder beside the project)")
 
     import mlflow
     import pandas as pd
@@ -151,14 +157,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         models = Path(scratch) / "keras" / "models"
         models.mkdir(parents=True)
-        shutil.copy2(MOBILENET_V2_FILE, models / MOBILENET_V2_FILE.name)
+        if MOBILENET_V2_FILE.is_file():
+            shutil.copy2(MOBILENET_V2_FILE, models / MOBILENET_V2_FILE.name)
         os.environ["KERAS_HOME"] = str(models.parent)
         os.chdir(scratch)
         mlflow.set_tracking_uri(f"sqlite:///{Path(scratch) / 'mlflow.db'}")
         rows = []
         picture_from = None
         for name in names:
-            rows.append(run_tuned_variant(name, Path(scratch)) if name in TUNED_VARIANTS else run_variant(name))
+            rows.append(run_tuned_variant(name, Path(scratch), data_dir) if name in TUNED_VARIANTS
+                        else run_variant(name, data_dir))
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
             if name == PICTURE_VARIANT:
                 picture_from = rows[-1]["run_id"]
