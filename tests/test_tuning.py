@@ -55,6 +55,9 @@ def test_default_patch_space_reaches_the_neighbourhood_and_size_real_tiles_chose
     space = validate_search_space(patch_method.search_space(arch), PatchConfig(backbone_arch=arch))
     assert (space["patch_size"]["low"], space["patch_size"]["high"], space["patch_size"]["step"]) == (1, 7, 2)
     assert 192 in space["image_size"]["choices"] and 224 in space["image_size"]["choices"]
+    assert space["map_sigma"]["choices"] == [2.0, 4.0, 8.0, 16.0, 32.0]
+    for sigma in space["map_sigma"]["choices"]:
+        PatchConfig(backbone_arch=arch, map_sigma=sigma).validate()
     for patch_size in (1, 7):
         PatchConfig(backbone_arch=arch, patch_size=patch_size, image_size=192).validate()
 

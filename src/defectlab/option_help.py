@@ -50,6 +50,7 @@ OPTION_HELP: dict[str, str] = {
     "feature_dim": "Channels kept per patch by adaptive pooling; 0: all.",
     "coreset_ratio": "Fraction of the good patches the memory bank keeps (greedy k-center coreset).",
     "patch_neighbors": "Bank neighbours in PatchCore's reweighting of the image score; 1: none.",
+    "map_sigma": "Gaussian smoothing of the anomaly maps in pixels at 224 px, scaled with image_size; 0: none.",
     "memory_limit_gib": "Refuse, before extracting, a bank whose patches, coreset and index would need more.",
     "search_index": "How the bank is searched: exact, ivf (approximate) or auto (IVF above 10,000 patches).",
     "self_epochs": "Epochs of the backbone trained in the run (backbone=self).",

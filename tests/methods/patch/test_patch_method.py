@@ -262,3 +262,43 @@ def test_the_offline_weights_error_names_the_choices_as_the_user_typed_them(
     other_style = "-P " if not mlflow_run else "--backbone"
     assert other_style not in message
     assert spell_setting("backbone", "pixels") == "backbone=pixels"  # the library's own spelling again
+
+
+@pytest.mark.parametrize("sigma", [-1.0, float("nan"), float("inf")])
+def test_a_map_sigma_that_is_not_a_finite_non_negative_number_is_refused(sigma):
+    with pytest.raises(ConfigError, match="map_sigma must be 0 .no smoothing. or a positive number of pixels"):
+        PatchConfig(map_sigma=sigma)
+
+
+def test_map_sigma_sets_the_smoothing_scaled_to_the_image_and_survives_a_reload(tmp_path):
+    from defectlab.methods.patch.detector import PatchCoreDetector
+    from defectlab.methods.patch.features import pixel_window_extractor
+    from defectlab.methods.patch.maps import gaussian_smooth_maps, upsample_maps
+
+    rng = np.random.default_rng(5)
+    good = rng.integers(90, 140, size=(8, 32, 32, 3)).astype(np.uint8)
+    test = rng.integers(90, 140, size=(2, 32, 32, 3)).astype(np.uint8)
+    test[1, 12:16, 12:16] = 0
+    unsmoothed = PatchCoreDetector(pixel_window_extractor(32), patch_size=1, map_sigma=0).fit(good)
+    raw_scores, raw_maps = unsmoothed.score_images_with_maps(test)
+    _, grids = unsmoothed.memory_bank_.score_images(unsmoothed.patch_features(test))
+    np.testing.assert_allclose(raw_maps, upsample_maps(grids, 32), rtol=1e-6)
+    smoothed = PatchCoreDetector(pixel_window_extractor(32), patch_size=1, map_sigma=14.0).fit(good)
+    scores, maps = smoothed.score_images_with_maps(test)
+    # 14 px at 224 is 2 px on a 32 px map; the blur lowers the defect's peak.
+    np.testing.assert_allclose(maps, gaussian_smooth_maps(raw_maps, sigma=2.0), rtol=1e-5, atol=1e-6)
+    assert maps[1].max() < raw_maps[1].max()
+    reloaded = PatchCoreDetector.load(tmp_path, smoothed.save(tmp_path))
+    assert reloaded.map_sigma == 14.0
+    np.testing.assert_array_equal(reloaded.score_images_with_maps(test)[1], maps)
+
+
+def test_a_bundle_saved_before_map_sigma_was_a_setting_smooths_as_patchcore(tmp_path):
+    from defectlab.methods.patch.detector import SMOOTHING_SIGMA_AT_224, PatchCoreDetector
+    from defectlab.methods.patch.features import pixel_window_extractor
+
+    rng = np.random.default_rng(6)
+    good = rng.integers(60, 180, size=(6, 32, 32, 3)).astype(np.uint8)
+    description = PatchCoreDetector(pixel_window_extractor(32), patch_size=1, map_sigma=0).fit(good).save(tmp_path)
+    del description["map_sigma"]
+    assert PatchCoreDetector.load(tmp_path, description).map_sigma == SMOOTHING_SIGMA_AT_224

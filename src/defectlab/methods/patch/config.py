@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from defectlab.config import ConfigError, RunConfig
@@ -67,6 +68,9 @@ class PatchConfig(RunConfig):
     ``search_index`` says how the bank is searched: ``exact`` (faiss's flat
     index), ``ivf`` (an approximate inverted-file index; a bank too small to
     train one is searched exactly, with a note) or ``auto`` (IVF for large banks).
+    ``map_sigma`` is the Gaussian smoothing of the anomaly maps, in pixels of a
+    224 px image and scaled with ``image_size`` (PatchCore's 4; 0: none); the
+    image score is the smoothed map's maximum, so it moves both figures.
     The ``self_*`` settings only apply to ``backbone=self``.
     """
 
@@ -79,6 +83,7 @@ class PatchConfig(RunConfig):
     feature_dim: int = 0
     coreset_ratio: float = 0.1
     patch_neighbors: int = 9
+    map_sigma: float = 4.0
     batch_size: int = 32
     memory_limit_gib: float = 4.0
     search_index: str = "auto"
@@ -122,6 +127,8 @@ class PatchConfig(RunConfig):
             raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
         if self.patch_neighbors < 1:
             raise ConfigError(f"patch_neighbors must be at least 1, got {self.patch_neighbors}")
+        if not (math.isfinite(self.map_sigma) and self.map_sigma >= 0):
+            raise ConfigError(f"map_sigma must be 0 (no smoothing) or a positive number of pixels, got {self.map_sigma}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.search_index not in SEARCH_INDEX_CHOICES:

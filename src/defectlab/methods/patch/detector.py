@@ -29,11 +29,12 @@ BANK_FILE = "memory_bank.npy"
 INDEX_FILE = "search_index.npy"
 # PatchCore smooths its 224 px maps with sigma 4; the same blur relative to the image at other sizes.
 SMOOTHING_SIGMA_AT_224 = 4.0
+SMOOTHING_REFERENCE_SIZE = 224
 
 
-def smoothing_sigma_for(image_size: int) -> float:
-    """Gaussian sigma in pixels of an ``image_size`` map: PatchCore's 4 px at 224 px, scaled."""
-    return SMOOTHING_SIGMA_AT_224 * image_size / 224.0
+def smoothing_sigma_for(image_size: int, map_sigma: float = SMOOTHING_SIGMA_AT_224) -> float:
+    """Gaussian sigma in pixels of an ``image_size`` map: ``map_sigma`` pixels at 224 px, scaled."""
+    return map_sigma * image_size / SMOOTHING_REFERENCE_SIZE
 
 
 class PatchCoreDetector:
@@ -54,6 +55,9 @@ class PatchCoreDetector:
         Fraction of the good patches kept in the bank.
     patch_neighbors : int
         PatchCore's reweighting of the image score (1: none).
+    map_sigma : float
+        Gaussian smoothing of the maps in pixels of a 224 px image, scaled with
+        the image size (PatchCore's 4; 0: none).
     seed : int
     batch_size : int
         Images per forward pass.
@@ -72,13 +76,15 @@ class PatchCoreDetector:
     """
 
     def __init__(self, extractor: keras.Model, patch_size: int = 3, feature_dim: int = 0,
-                 coreset_ratio: float = 0.1, patch_neighbors: int = 9, seed: int = 0,
+                 coreset_ratio: float = 0.1, patch_neighbors: int = 9,
+                 map_sigma: float = SMOOTHING_SIGMA_AT_224, seed: int = 0,
                  batch_size: int = 32, search_index: str = AUTO):
         self.extractor = extractor
         self.patch_size = patch_size
         self.feature_dim = feature_dim
         self.coreset_ratio = coreset_ratio
         self.patch_neighbors = patch_neighbors
+        self.map_sigma = map_sigma
         self.seed = seed
         self.batch_size = batch_size
         self.search_index = search_index
@@ -134,7 +140,7 @@ class PatchCoreDetector:
         reweighted, patch_grids = self.memory_bank_.score_images(self.patch_features(images))
         top_patch = patch_grids.reshape(len(patch_grids), -1).max(axis=1)
         reweighting = np.divide(reweighted, top_patch, out=np.ones_like(reweighted), where=top_patch > 0)
-        maps = gaussian_smooth_maps(upsample_maps(patch_grids, image_size), sigma=smoothing_sigma_for(image_size))
+        maps = gaussian_smooth_maps(upsample_maps(patch_grids, image_size), sigma=smoothing_sigma_for(image_size, self.map_sigma))
         return maps.reshape(len(maps), -1).max(axis=1) * reweighting, maps
 
     def score_images(self, images: np.ndarray) -> np.ndarray:
@@ -161,6 +167,7 @@ class PatchCoreDetector:
             "feature_dim": int(self.feature_dim),
             "coreset_ratio": float(self.coreset_ratio),
             "patch_neighbors": int(self.patch_neighbors),
+            "map_sigma": float(self.map_sigma),
             "grid_shape": list(self.grid_shape_),
             "seed": int(self.seed),
             "search": search,
@@ -180,6 +187,8 @@ class PatchCoreDetector:
             feature_dim=int(description["feature_dim"]),
             coreset_ratio=float(description["coreset_ratio"]),
             patch_neighbors=int(description["patch_neighbors"]),
+            # Bundles saved before the smoothing was a setting used PatchCore's.
+            map_sigma=float(description.get("map_sigma", SMOOTHING_SIGMA_AT_224)),
             seed=int(description["seed"]),
         )
         search = description.get("search", {"search_index": "exact", "index_file": None})
