@@ -187,9 +187,23 @@ def test_the_sizes_behind_the_warning_are_read_from_the_cache_the_second_time(tm
         raise AssertionError(f"header of {path} read again")
 
     monkeypatch.setattr("defectlab.data.layout.upright_size", no_header_reads)
+    monkeypatch.setattr("defectlab.data.layout._NON_SQUARE_NOTED", set())  # as a new process would
     with caplog.at_level(logging.WARNING, logger="defectlab.data.layout"):
         data.load_category(tmp_path / "set", "widgets", 32, cache_dir=tmp_path / "cache")
     assert [record for record in caplog.records if "12 of 14 images are not square" in record.getMessage()]
+
+
+def test_loading_the_same_images_again_at_another_size_does_not_repeat_the_warning(tmp_path, caplog):
+    # A study loads the category once per image size it tries: one warning is enough.
+    write_category(tmp_path / "set", [(64, 48)] * 6 + [(48, 48)] * 2)
+    with caplog.at_level(logging.WARNING, logger="defectlab.data.layout"):
+        for image_size in (32, 40, 32):
+            data.load_category(tmp_path / "set", "widgets", image_size, cache_dir=tmp_path / "cache")
+    assert len([record for record in caplog.records if "not square" in record.getMessage()]) == 1
+    write_category(tmp_path / "other", [(64, 48)] * 8)  # other files: their own warning
+    with caplog.at_level(logging.WARNING, logger="defectlab.data.layout"):
+        data.load_category(tmp_path / "other", "widgets", 32, cache_dir=tmp_path / "cache")
+    assert len([record for record in caplog.records if "not square" in record.getMessage()]) == 2
 
 
 def test_square_images_do_not_warn(tmp_path, caplog):

@@ -362,10 +362,15 @@ def load_masks(
     return cached_array(key, cache_dir, decode_all)
 
 
+# The datasets (file lists) and resize modes already warned about in this process.
+_NON_SQUARE_NOTED: set[tuple[str, str]] = set()
+
+
 def warn_about_non_square_images(paths: list[str], resize: str, where: str, cache_dir: Path | None = None) -> None:
     """One warning per dataset when ``stretch`` distorts non-square images, with the sizes seen.
 
     The sizes come from the files' headers, read once and then cached (keyed like the images).
+    Once per process: loading the same files again (a study's next image size) says it at DEBUG.
     """
     def size_of(path: str) -> tuple[int, int]:
         try:
@@ -386,10 +391,13 @@ def warn_about_non_square_images(paths: list[str], resize: str, where: str, cach
         f"{where}: {sum(non_square.values())} of {len(paths)} images are not square "
         f"(sizes seen: {seen}{', ...' if len(sizes) > 5 else ''})"
     )
+    repeat = (key, resize) in _NON_SQUARE_NOTED
+    _NON_SQUARE_NOTED.add((key, resize))
     if resize == "stretch":
-        logger.warning("%s; resize=stretch distorts them, resize=center_crop or pad keeps their shape", message)
+        logger.log(logging.DEBUG if repeat else logging.WARNING,
+                   "%s; resize=stretch distorts them, resize=center_crop or pad keeps their shape", message)
     else:
-        logger.info("%s; made square by resize=%s", message, resize)
+        logger.log(logging.DEBUG if repeat else logging.INFO, "%s; made square by resize=%s", message, resize)
 
 
 def load_category(
