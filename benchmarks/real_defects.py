@@ -5,12 +5,12 @@ Real grey photographs of magnetic tiles from production with pixel masks
 defective test images of five kinds; Huang, Qiu, Yuan, The Visual Computer
 2020). Each variant is one ordinary tracked run of the platform
 (`defectlab.runner.run_training`, seed 0, into a throwaway MLflow store), so the
-figures are the run's own metrics: image AUROC with its seeded bootstrap 95 %
-interval, pixel AUROC and AUPRO (map-making methods), TPR and TNR at the
+figures are the run's own metrics: image and pixel AUROC with their seeded
+bootstrap 95 % intervals, AUPRO (map-making methods), TPR and TNR at the
 threshold a deployed detector uses (chosen on held-out good images only),
 fit and scoring seconds. Settings are sized for a 2-core CPU and named in
 each row. ``patch-efficientnet-tuned`` is an Optuna study of the platform
-(``defectlab tune patch``, 8 trials over patch_size and image_size) that
+(``defectlab tune patch``, 16 trials over patch_size, image_size and map_sigma) that
 chooses on the val split only; its row is the test figures of the trial that
 scored best on val, and its label names the settings chosen. ``--out`` holds
 the variants run, only: to redo one row, write elsewhere and merge. MobileNetV2's ImageNet weights come from the shared file
@@ -66,7 +66,8 @@ TUNED_VARIANTS = {
         backbone="imagenet", backbone_arch="efficientnet_lite0"), {
         "patch_size": {"type": "categorical", "choices": [3, 5, 7]},
         "image_size": {"type": "categorical", "choices": [160, 192, 224]},
-    }, 8),
+        "map_sigma": {"type": "categorical", "choices": [4.0, 8.0, 16.0, 32.0]},
+    }, 16),
 }
 COLUMNS = [
     ("test_image_auroc", "image AUROC"), ("test_pixel_auroc", "pixel AUROC"), ("test_aupro", "AUPRO"),
@@ -107,6 +108,10 @@ def run_tuned_variant(name: str, scratch: Path, data_dir: Path) -> dict:
     ), base)
     if result.best_run_id is None:
         raise RuntimeError(f"{name}: no trial completed ({result.trial_counts})")
+    import optuna
+
+    trials = optuna.load_study(study_name=name, storage=f"sqlite:///{scratch / 'optuna.db'}").trials_dataframe()
+    print(f"{name}: every trial (value = val image AUROC)\n{trials.to_string()}", flush=True)
     chosen = ", ".join(f"`{key}` {value}" for key, value in sorted(result.best_params.items()))
     # The run's own metrics, as `run_variant` reports them (MLflow's system/* samples left out).
     metrics = {key: value for key, value in mlflow.get_run(result.best_run_id).data.metrics.items()
@@ -119,8 +124,9 @@ def cell(row: dict, key: str) -> str:
     value = row.get(key)
     if value is None or value != value:
         return "–"
-    if key == "test_image_auroc" and "test_image_auroc_ci_low" in row:
-        return f"{value:.3f} [{row['test_image_auroc_ci_low']:.3f}, {row['test_image_auroc_ci_high']:.3f}]"
+    low, high = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
+    if low is not None and low == low:
+        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
     return f"{value:.1f}" if key.endswith("seconds") else f"{value:.3f}"
 
 

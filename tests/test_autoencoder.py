@@ -325,6 +325,7 @@ def test_pixel_metrics_leave_out_defects_without_masks_and_skip_without_any(capl
     result = pixel_metrics(table, masks, anomaly_maps)
     assert result == {
         "test_pixel_auroc": 1.0, "test_aupro": pytest.approx(1.0),
+        "test_pixel_auroc_ci_low": 1.0, "test_pixel_auroc_ci_high": 1.0,
         "test_pixel_images": 1, "test_pixel_images_without_mask": 1,
     }
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]

@@ -72,3 +72,60 @@ def test_pixel_metrics_reject_mismatched_shapes_and_bad_max_fpr():
         metrics.pixel_auroc(np.zeros((1, 2, 2), dtype=bool), np.zeros((1, 2, 3)))
     with pytest.raises(metrics.MetricError, match="max_fpr"):
         metrics.aupro(TWO_IMAGE_MASKS, TWO_IMAGE_MAPS, max_fpr=0.0)
+
+
+# The bootstrap interval of pixel AUROC, resampling whole images
+
+
+def planted_maps(n_good: int, n_defect: int, seed: int, image_offset: float = 0.5):
+    """Maps of noise, each image shifted by its own offset; a square of +1 on each defect image's mask."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n_good + n_defect, 12, 12), dtype=bool)
+    masks[n_good:, 3:7, 4:9] = True
+    maps = rng.normal(size=masks.shape) + masks + image_offset * rng.normal(size=(len(masks), 1, 1))
+    return masks, maps
+
+
+def test_the_pixel_interval_is_the_percentile_bootstrap_of_exact_aurocs_over_resampled_images():
+    from sklearn.metrics import roc_auc_score
+
+    masks, maps = planted_maps(6, 6, seed=0)
+    picked, _ = metrics._stratified_resamples(np.repeat([0, 1], 6), 200, 0.95, seed=0)
+    exact = [roc_auc_score(masks[row].ravel(), maps[row].ravel()) for row in picked]
+    # 1728 distinct values in 4096 quantile bins: no two in one bin, so the binned AUROC is exact.
+    np.testing.assert_allclose(
+        metrics.pixel_auroc_interval(masks, maps, resamples=200), np.quantile(exact, [0.025, 0.975]), atol=1e-9,
+    )
+
+
+def test_the_pixel_interval_covers_the_estimate_narrows_with_more_images_and_is_seeded():
+    widths = []
+    for n_images in (10, 40, 160):
+        masks, maps = planted_maps(n_images, n_images, seed=1)
+        low, high = metrics.pixel_auroc_interval(masks, maps)
+        assert low <= metrics.pixel_auroc(masks, maps) <= high
+        widths.append(high - low)
+    assert widths[0] > widths[1] > widths[2] and widths[2] < 0.6 * widths[0]
+    assert metrics.pixel_auroc_interval(masks, maps) == metrics.pixel_auroc_interval(masks, maps)
+
+
+def test_the_pixel_interval_widens_with_what_differs_between_images_not_pixel_counts():
+    # Same pixels per image; only how much whole images differ changes. A pixel-level
+    # bootstrap would give both the same width: the image is the unit that varies.
+    masks, calm = planted_maps(20, 20, seed=2, image_offset=0.0)
+    _, restless = planted_maps(20, 20, seed=2, image_offset=1.5)
+    calm_low, calm_high = metrics.pixel_auroc_interval(masks, calm)
+    restless_low, restless_high = metrics.pixel_auroc_interval(masks, restless)
+    assert restless_high - restless_low > 2 * (calm_high - calm_low)
+
+
+def test_the_pixel_interval_of_images_that_all_hold_defects_and_bad_settings():
+    masks, maps = planted_maps(0, 8, seed=3)
+    low, high = metrics.pixel_auroc_interval(masks, maps)
+    assert low <= metrics.pixel_auroc(masks, maps) <= high
+    with pytest.raises(metrics.MetricError, match="bins must be an integer of at least 2"):
+        metrics.pixel_auroc_interval(masks, maps, bins=1)
+    with pytest.raises(metrics.MetricError, match="need resamples >= 2"):
+        metrics.pixel_auroc_interval(masks, maps, resamples=1)
+    with pytest.raises(metrics.MetricError, match="need both defect and defect-free pixels"):
+        metrics.pixel_auroc_interval(np.zeros_like(masks), maps)
