@@ -331,3 +331,28 @@ def test_pixel_metrics_leave_out_defects_without_masks_and_skip_without_any(capl
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert len(warnings) == 1 and "1 of 2 test defect images have no ground-truth mask (e.g. unmasked.png)" in warnings[0]
     assert pixel_metrics(table.assign(mask_path=""), masks, anomaly_maps) == {}
+
+
+def test_pixel_metrics_score_the_val_split_apart_as_val_pixel_auroc():
+    import pandas as pd
+
+    from defectlab.evaluation.metrics import pixel_auroc
+    from defectlab.runner import pixel_metrics
+
+    table = pd.DataFrame({
+        "path": ["val_good.png", "val_defect.png", "test_good.png", "test_defect.png"],
+        "split": ["val", "val", "test", "test"],
+        "label": [0, 1, 0, 1],
+        "mask_path": ["", "m1.png", "", "m2.png"],
+    })
+    rng = np.random.default_rng(0)
+    masks = np.zeros((4, 6, 6), dtype=bool)
+    masks[1, 1:4, 1:4] = masks[3, 2:5, 2:5] = True
+    anomaly_maps = rng.normal(size=(4, 6, 6)) + masks
+    anomaly_maps[3] = 5.0 * masks[3]  # test maps perfect, val maps noisy
+    result = pixel_metrics(table, masks, anomaly_maps)
+    assert result["val_pixel_auroc"] == pytest.approx(pixel_auroc(masks[:2], anomaly_maps[:2]))
+    assert result["val_pixel_auroc"] < 1.0 and result["test_pixel_auroc"] == 1.0
+    # No val defect with a mask: no val_pixel_auroc, the test figures stay.
+    without_val_masks = pixel_metrics(table.assign(mask_path=["", "", "", "m2.png"]), masks, anomaly_maps)
+    assert "val_pixel_auroc" not in without_val_masks and without_val_masks["test_pixel_auroc"] == 1.0

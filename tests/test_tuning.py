@@ -62,6 +62,18 @@ def test_default_patch_space_reaches_the_neighbourhood_and_size_real_tiles_chose
         PatchConfig(backbone_arch=arch, patch_size=patch_size, image_size=192).validate()
 
 
+def test_an_unknown_objective_is_refused_and_pixel_auroc_needs_a_method_that_makes_maps():
+    with pytest.raises(ConfigError, match="objective must be one of val_image_auroc, val_pixel_auroc, got 'auroc'"):
+        TuneConfig(objective="auroc")
+    with pytest.raises(ConfigError, match="val_pixel_auroc needs anomaly maps, which method metric does not make "
+                                          r"\(methods that do: ssim, patch\)"):
+        TuneConfig(method="metric", objective="val_pixel_auroc")
+    for method in ("ssim", "patch"):
+        assert TuneConfig(method=method, objective="val_pixel_auroc").objective == "val_pixel_auroc"
+    result = CliRunner().invoke(main, ["tune", "metric", "--objective", "val_pixel_auroc"])
+    assert result.exit_code != 0 and "val_pixel_auroc needs anomaly maps" in result.output
+
+
 # YAML validation: one rule per test
 
 

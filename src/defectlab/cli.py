@@ -58,11 +58,13 @@ def option_choices() -> dict[str, tuple[str, ...]]:
     from defectlab.methods.backbones import BACKBONE_ARCHITECTURES
     from defectlab.methods.patch.config import SEARCH_INDEX_CHOICES
     from defectlab.methods.ssim.config import SSIM_LOSSES
+    from defectlab.tuning.config import OBJECTIVES
 
     return {
         "resize": RESIZE_MODES, "on_bad_image": BAD_IMAGE_POLICIES, "optimizer": OPTIMIZERS,
         "backbone_arch": BACKBONE_ARCHITECTURES, "search_index": SEARCH_INDEX_CHOICES, "loss": SSIM_LOSSES,
         "format": EXPORT_FORMATS, "method": tuple(method.name for method in all_methods()),
+        "objective": OBJECTIVES,
     }
 
 
@@ -183,7 +185,7 @@ def run_tune(**options) -> None:
     click.echo(f"study {result.study_name} (parent run {result.parent_run_id}): {counts or 'no trials'}")
     if result.best_run_id:
         click.echo(
-            f"best val_image_auroc={result.best_value:.4f} (run {result.best_run_id}) "
+            f"best {tune_config.objective}={result.best_value:.4f} (run {result.best_run_id}) "
             f"with {result.best_params}"
         )
 

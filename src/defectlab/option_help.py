@@ -63,6 +63,7 @@ OPTION_HELP: dict[str, str] = {
     "storage": "Optuna storage URL shared by the workers, e.g. sqlite:///optuna.db or a PostgreSQL URL.",
     "study_name": "Name of the study; empty: <method>-<category>. Workers with the same name share it.",
     "search_space": "A YAML file replacing the method's built-in search space; empty: the built-in one.",
+    "objective": "What the study maximises on the val split: val_image_auroc, or val_pixel_auroc (where the defect is).",
     "pruning_interval": "Epochs between the validation scores a trial reports to the pruner; 0: no pruning.",
     "heartbeat_interval": "Seconds between a worker's heartbeats.",
     "grace_period": "Seconds without a heartbeat after which a worker's trial is marked failed and retried.",

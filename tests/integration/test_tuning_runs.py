@@ -419,3 +419,57 @@ def test_a_trial_that_draws_a_completed_trials_settings_reuses_its_run_instead_o
     assert fourth.user_attrs["mlflow_run_id"] != first_run
     assert mlflow.get_run(fourth.user_attrs["mlflow_run_id"]).data.params["image_size"] == "96"
     assert list(runs_by_trial_number([joined.parent_run_id])) == [3]
+
+
+def test_a_study_tuned_for_localisation_maximises_each_runs_val_pixel_auroc_and_keeps_its_objective(
+    tmp_path, tracking_uri, tiny_dataset_root
+):
+    from defectlab.config import ConfigError
+
+    space = tmp_path / "smoothing.yaml"
+    space.write_text("map_sigma: {type: categorical, choices: [0.0, 24.0]}\n")
+    tune_config = TuneConfig(
+        method="patch", category="carpet", data_dir=str(tiny_dataset_root), objective="val_pixel_auroc",
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}", search_space=str(space), n_trials=4,
+    )
+    base = tuning.base_training_config(tune_config, {"image_size": 64, "backbone": "pixels"})
+    result = tuning.run_study(tune_config, base)
+
+    study = optuna.load_study(study_name=tune_config.resolved_study_name, storage=tune_config.storage)
+    assert study.user_attrs["objective"] == "val_pixel_auroc"
+    complete = [trial for trial in study.trials if trial.state == TrialState.COMPLETE]
+    assert len(complete) == 4 and len({trial.params["map_sigma"] for trial in complete}) == 2
+    for trial in complete:
+        run = mlflow.get_run(trial.user_attrs["mlflow_run_id"])
+        # The value is the run's val pixel AUROC, not its image AUROC.
+        assert trial.value == pytest.approx(run.data.metrics["val_pixel_auroc"])
+        assert trial.value != pytest.approx(run.data.metrics["val_image_auroc"])
+    values = {trial.params["map_sigma"]: trial.value for trial in complete}
+    assert values[0.0] != pytest.approx(values[24.0])  # the smoothing changes what is maximised
+    assert result.best_value == max(values.values())
+    parent = mlflow.get_run(result.parent_run_id).data
+    assert parent.metrics["best_val_pixel_auroc"] == pytest.approx(result.best_value)
+    assert parent.params["objective"] == "val_pixel_auroc"
+
+    # Another worker cannot join it ranking by another metric.
+    with pytest.raises(ConfigError, match="maximises val_pixel_auroc, not val_image_auroc"):
+        tuning.run_study(dataclasses.replace(tune_config, objective="val_image_auroc", n_trials=5), base)
+
+
+def test_tuning_for_localisation_on_a_category_without_val_masks_is_refused_before_any_run(
+    tmp_path, tracking_uri, tiny_dataset_root
+):
+    import shutil
+
+    from defectlab.config import ConfigError
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset_root / "carpet", root / "carpet", ignore=shutil.ignore_patterns("ground_truth"))
+    tune_config = TuneConfig(
+        method="patch", category="carpet", data_dir=str(root), objective="val_pixel_auroc",
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}", n_trials=1,
+    )
+    base = tuning.base_training_config(tune_config, {"image_size": 64, "backbone": "pixels"})
+    with pytest.raises(ConfigError, match="val_pixel_auroc needs ground-truth masks of defects in the val split"):
+        tuning.run_study(tune_config, base)
+    assert mlflow.search_runs(search_all_experiments=True).empty

@@ -12,21 +12,28 @@ logger = logging.getLogger(__name__)
 
 
 def pixel_metrics(scored_table, masks: np.ndarray, anomaly_maps: np.ndarray) -> dict:
-    """``test_pixel_auroc`` (with its bootstrap 95 % interval over images) and ``test_aupro`` over the test images that have ground truth.
+    """``test_pixel_auroc`` (with its bootstrap 95 % interval over images), ``test_aupro`` and ``val_pixel_auroc``.
 
-    Good images count with their all-clear masks; defect images without a
-    mask file are left out (their defect pixels are unknown, and counting them
-    as good pixels would misread the map), with one warning and the counts
-    ``test_pixel_images`` (defect images in the metrics) and
-    ``test_pixel_images_without_mask`` (left out). Empty when no test defect
-    has a mask.
+    Computed over the images that have ground truth: good images count with
+    their all-clear masks; defect images without a mask file are left out
+    (their defect pixels are unknown, and counting them as good pixels would
+    misread the map), with one warning and the counts ``test_pixel_images``
+    (defect images in the metrics) and ``test_pixel_images_without_mask``
+    (left out). The test metrics are left out when no test defect has a mask;
+    ``val_pixel_auroc`` (what a study tuning for localisation maximises) when
+    the val split has no masked defect.
     """
-    test = (scored_table["split"] == "test").to_numpy()
+    split = scored_table["split"].to_numpy()
     has_mask = scored_table["mask_path"].fillna("").astype(str).str.len().to_numpy() > 0
     defect = scored_table["label"].to_numpy() == 1
+    result = {}
+    val_kept = (split == "val") & (~defect | has_mask)
+    if masks[val_kept].any() and not masks[val_kept].all():
+        result["val_pixel_auroc"] = metrics.pixel_auroc(masks[val_kept], anomaly_maps[val_kept])
+    test = split == "test"
     if not masks[test & defect & has_mask].any():
         logger.info("no ground-truth defect pixels among the test images: pixel metrics skipped")
-        return {}
+        return result
     without_mask = test & defect & ~has_mask
     if without_mask.any():
         logger.warning(
@@ -37,6 +44,7 @@ def pixel_metrics(scored_table, masks: np.ndarray, anomaly_maps: np.ndarray) -> 
     kept = test & (~defect | has_mask)
     low, high = metrics.pixel_auroc_interval(masks[kept], anomaly_maps[kept])
     return {
+        **result,
         "test_pixel_auroc": metrics.pixel_auroc(masks[kept], anomaly_maps[kept]),
         "test_pixel_auroc_ci_low": low,
         "test_pixel_auroc_ci_high": high,

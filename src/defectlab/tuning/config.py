@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from defectlab.config import ConfigError
 
+# What a study can maximise: the run metric, computed on the val split only.
+OBJECTIVES = ("val_image_auroc", "val_pixel_auroc")
+
 
 @dataclass(frozen=True)
 class TuneConfig:
@@ -17,6 +20,9 @@ class TuneConfig:
     number of epochs between intermediate validation scores (0: no pruning).
     A worker that stops sending heartbeats for ``grace_period`` seconds has
     its trial marked failed and retried by the next worker that looks.
+    ``objective`` is the val-split metric maximised: ``val_image_auroc``
+    (telling defective images from good ones) or ``val_pixel_auroc`` (finding
+    where the defect is; methods that make anomaly maps, a dataset with masks).
     """
 
     method: str = "metric"
@@ -28,6 +34,7 @@ class TuneConfig:
     study_name: str = ""
     search_space: str = ""
     seed: int = 0
+    objective: str = "val_image_auroc"
     pruning_interval: int = 5
     heartbeat_interval: int = 60
     grace_period: int = 180
@@ -49,6 +56,16 @@ class TuneConfig:
             raise ConfigError(f"method must be one of {', '.join(names)}, got {self.method!r}")
         if not self.category:
             raise ConfigError("category must not be empty")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective == "val_pixel_auroc" and not next(
+            method for method in all_methods() if method.name == self.method
+        ).makes_maps:
+            map_methods = ", ".join(method.name for method in all_methods() if method.makes_maps)
+            raise ConfigError(
+                f"objective val_pixel_auroc needs anomaly maps, which method {self.method} does not make "
+                f"(methods that do: {map_methods}); use objective val_image_auroc"
+            )
         if self.n_trials < 1:
             raise ConfigError(f"n_trials must be at least 1, got {self.n_trials}")
         if self.timeout < 0:

@@ -1,8 +1,10 @@
 """One trial: draw settings, train a nested tracked run, report and prune, return the objective.
 
-The objective is ``val_image_auroc``: the ``test`` split is never looked at by
-it, only by each run's final figures. Every ``pruning_interval`` epochs
-`TrialMonitor` scores the validation split so a pruner can stop hopeless trials.
+The objective is a val-split metric of the run (``TuneConfig.objective``:
+``val_image_auroc`` or ``val_pixel_auroc``): the ``test`` split is never looked
+at by it, only by each run's final figures. Every ``pruning_interval`` epochs
+`TrialMonitor` scores the validation split (image AUROC) so a pruner can stop
+hopeless trials; a study maximising ``val_pixel_auroc`` does not prune.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from defectlab.tuning.storage import DUPLICATE_ATTR
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVE_METRIC = "val_image_auroc"
 INTERMEDIATE_METRIC = "intermediate_val_image_auroc"
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 # Trial user attribute: the digest of the study's fixed settings.
@@ -133,7 +134,7 @@ def completed_twin(trial: optuna.Trial, params: dict, fingerprint: str) -> optun
 
 
 class StudyObjective:
-    """The objective of one worker: draw settings, train a nested run, return ``val_image_auroc``.
+    """The objective of one worker: draw settings, train a nested run, return its ``tune_config.objective``.
 
     A trial that draws exactly the settings of a completed trial, searched and
     fixed alike (likely in a small discrete space: TPE's first 10 trials are
@@ -159,6 +160,14 @@ class StudyObjective:
         self.method = get_method(tune_config.method)
         self.datasets = dict(datasets or {})
         self.fixed_settings = fixed_settings_fingerprint(base_config, search_space)
+
+    @property
+    def prunes(self) -> bool:
+        """Whether trials report val image AUROC to the pruner: epochs to prune, and that objective."""
+        return bool(
+            self.tune_config.pruning_interval and self.method.pruning_scorer is not None
+            and self.tune_config.objective == "val_image_auroc"
+        )
 
     def dataset(self, config) -> data.CategoryData:
         """The category as ``config`` reads it, loaded once per worker for each way of reading it.
@@ -187,7 +196,7 @@ class StudyObjective:
         monitor = TrialMonitor(trial, self.run_tags(trial), pruning_interval=self.tune_config.pruning_interval)
         started_ms = int(time.time() * 1000)
         try:
-            if self.tune_config.pruning_interval and self.method.pruning_scorer is not None:
+            if self.prunes:
                 dataset = self.dataset(config)
                 monitor.score_validation = self.method.pruning_scorer(dataset, config)
             with tracking.Stopwatch() as watch:
@@ -206,9 +215,10 @@ class StudyObjective:
             trial.set_user_attr("fail_reason", reason[:2000])
             self._mark_runs(trial, monitor, started_ms, config, TrialState.FAIL, reason)
             raise
-        value = result.metrics[OBJECTIVE_METRIC]
+        objective = self.tune_config.objective
+        value = result.metrics.get(objective, math.nan)
         if not math.isfinite(value):
-            reason = f"{OBJECTIVE_METRIC} is {value}"
+            reason = f"{objective} is {value}" if objective in result.metrics else f"the run logged no {objective}"
             trial.set_user_attr("fail_reason", reason)
             tracking.set_run_tags(result.run_id, {"trial_state": TrialState.FAIL.name, "failure_reason": reason})
             raise TuningError(reason)
@@ -216,7 +226,7 @@ class StudyObjective:
         trial.set_user_attr("training_seconds", watch.seconds)
         trial.set_user_attr("validation_scoring_seconds", monitor.score_seconds)
         for key, metric in result.metrics.items():
-            if key.startswith("test_") or key == OBJECTIVE_METRIC:
+            if key.startswith(("test_", "val_")):
                 trial.set_user_attr(key, float(metric))
         tracking.set_run_tags(result.run_id, {**self.run_tags(trial), "trial_state": TrialState.COMPLETE.name})
         return float(value)
@@ -231,7 +241,7 @@ class StudyObjective:
         # callback end the reused run as FAILED (`storage.RetryStaleTrial`).
         trial.set_user_attr(DUPLICATE_ATTR, twin.user_attrs.get(DUPLICATE_ATTR, twin.number))
         for key, value in twin.user_attrs.items():
-            if key == "mlflow_run_id" or key == OBJECTIVE_METRIC or key.startswith("test_"):
+            if key == "mlflow_run_id" or key.startswith(("test_", "val_")):
                 trial.set_user_attr(key, value)
         return float(twin.value)
 

@@ -11,7 +11,6 @@ import optuna
 from optuna.trial import TrialState
 
 from defectlab import tracking
-from defectlab.tuning.objective import OBJECTIVE_METRIC
 from defectlab.tuning.storage import DUPLICATE_ATTR
 
 
@@ -23,7 +22,7 @@ def trials_table(study: optuna.Study):
     )
 
 
-def log_study_summary(study: optuna.Study) -> None:
+def log_study_summary(study: optuna.Study, objective: str) -> None:
     """Log on the active (parent) run: trial counts, the best trial, the trials table, the plots."""
     trials = study.get_trials(deepcopy=False)
     tracking.log_metrics({
@@ -44,10 +43,9 @@ def log_study_summary(study: optuna.Study) -> None:
         "best_trial_run_id": best.user_attrs.get("mlflow_run_id", ""),
     })
     best_metrics = {
-        f"best_{key}": value for key, value in best.user_attrs.items()
-        if key.startswith("test_") or key == OBJECTIVE_METRIC
+        f"best_{key}": value for key, value in best.user_attrs.items() if key.startswith(("test_", "val_"))
     }
-    best_metrics[f"best_{OBJECTIVE_METRIC}"] = best.value
+    best_metrics[f"best_{objective}"] = best.value
     tracking.log_metrics(best_metrics)
     _log_study_plots(study, len(complete))
 

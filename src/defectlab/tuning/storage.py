@@ -51,6 +51,10 @@ def _with_retries(what: str, action):
             time.sleep(STORAGE_BACKOFF_SECONDS * attempt * (1 + random.random()))
 
 
+# The study user attribute naming the metric it maximises (`TuneConfig.objective`), and what
+# studies made before it was recorded maximised.
+OBJECTIVE_ATTR = "objective"
+OLDEST_OBJECTIVE = "val_image_auroc"
 # The trial user attribute of a trial that reused a completed twin's run (`objective.StudyObjective`).
 DUPLICATE_ATTR = "duplicate_of"
 
@@ -153,7 +157,7 @@ def open_study(tune_config: TuneConfig, pruner: optuna.pruners.BasePruner | None
             optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
             if tune_config.pruning_interval else optuna.pruners.NopPruner()
         )
-    return _with_retries(
+    study = _with_retries(
         f"creating or loading the study {tune_config.resolved_study_name}",
         lambda: optuna.create_study(
             storage=storage,
@@ -164,3 +168,25 @@ def open_study(tune_config: TuneConfig, pruner: optuna.pruners.BasePruner | None
             load_if_exists=True,
         ),
     )
+    check_study_objective(study, tune_config)
+    return study
+
+
+def check_study_objective(study: optuna.Study, tune_config: TuneConfig) -> None:
+    """Record the metric a new study maximises; refuse a worker that joins it with another.
+
+    Values of two metrics cannot be ranked together. A study from before the
+    objective was recorded, with trials, maximised ``val_image_auroc``.
+    """
+    recorded = study.user_attrs.get(OBJECTIVE_ATTR)
+    if recorded is None:
+        if not study.get_trials(deepcopy=False):
+            _with_retries("recording the study's objective",
+                          lambda: study.set_user_attr(OBJECTIVE_ATTR, tune_config.objective))
+            return
+        recorded = OLDEST_OBJECTIVE
+    if recorded != tune_config.objective:
+        raise ConfigError(
+            f"study {tune_config.resolved_study_name!r} maximises {recorded}, not {tune_config.objective}: "
+            f"pass objective {recorded} to join it, or another study name"
+        )

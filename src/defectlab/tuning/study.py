@@ -9,10 +9,12 @@
 3. Each trial draws its settings (`suggest_training_params`, the one place
    with ``trial.suggest_*``), trains a full tracked run of the method as a
    nested run (tags ``trial_number``, ``study_name``, ``trial_state``) and
-   returns its ``val_image_auroc``. The ``test`` split is never looked at by
-   the objective; it only feeds each run's final figures. Every few epochs
-   the validation split is scored so that a `optuna.pruners.MedianPruner`
-   can stop hopeless trials. A trial that draws the settings of a completed
+   returns its ``val_image_auroc``, or its ``val_pixel_auroc`` when the study
+   tunes for localisation (``objective``). The ``test`` split is never looked
+   at by the objective; it only feeds each run's final figures. Every few
+   epochs the validation split is scored so that a
+   `optuna.pruners.MedianPruner` can stop hopeless trials (image AUROC: a
+   study maximising ``val_pixel_auroc`` does not prune). A trial that draws the settings of a completed
    one reuses its run and value instead (``duplicate_of``).
 4. When this worker is done, the parent logs the best settings, the best
    trial's run id and test figures, a trials table and Optuna's plots.
@@ -67,6 +69,7 @@ def run_study(tune_config: TuneConfig, base_config, pruner: optuna.pruners.BaseP
     # Loaded once, before any run exists: a missing category fails here, not in every trial.
     grayscale = method.grayscale(base_config)
     dataset = runner.load_dataset(base_config, grayscale)
+    check_objective_data(tune_config, dataset)
     tracking.prepare_tracking_store()
     study = open_study(tune_config, pruner)
     parent_tags = {
@@ -91,7 +94,20 @@ def run_study(tune_config: TuneConfig, base_config, pruner: optuna.pruners.BaseP
         finally:
             # Also after Ctrl-C or a stop: the parent keeps what was learned so far.
             try:
-                log_study_summary(study)
+                log_study_summary(study, tune_config.objective)
             except Exception as error:
                 logger.warning("could not log the study summary: %s", error)
     return study_result(study, parent.info.run_id)
+
+
+def check_objective_data(tune_config: TuneConfig, dataset) -> None:
+    """Refuse ``val_pixel_auroc`` on a category whose val split has no masked defect (it would never be logged)."""
+    if tune_config.objective != "val_pixel_auroc":
+        return
+    table = dataset.table
+    has_mask = table["mask_path"].fillna("").astype(str).str.len() > 0
+    if not ((table["split"] == "val") & (table["label"] == 1) & has_mask).any():
+        raise ConfigError(
+            f"objective val_pixel_auroc needs ground-truth masks of defects in the val split; "
+            f"{dataset.dataset_name} has none, so use objective val_image_auroc"
+        )
