@@ -74,11 +74,16 @@ def test_libraries_info_notes_are_shown_only_with_verbose():
         assert not faiss_loader.isEnabledFor(logging.INFO)
         assert faiss_loader.isEnabledFor(logging.WARNING)
         assert not logging.getLogger("mlflow.system_metrics.system_metrics_monitor").isEnabledFor(logging.INFO)
+        # "Validating input example against model signature" on every logged model
+        assert not logging.getLogger("mlflow.pyfunc").isEnabledFor(logging.INFO)
+        assert logging.getLogger("mlflow.pyfunc").isEnabledFor(logging.WARNING)
+        assert not logging.getLogger("mlflow.store.db.utils").isEnabledFor(logging.INFO)
         CliRunner().invoke(main, ["-v", "promote", "--help"])
         assert faiss_loader.level == logging.NOTSET  # with --verbose it follows the root logger again
     finally:
-        faiss_loader.setLevel(logging.NOTSET)
-        logging.getLogger("mlflow.system_metrics").setLevel(logging.NOTSET)
+        for name in ("faiss.loader", "mlflow.system_metrics", "mlflow.pyfunc", "mlflow.store.db.utils",
+                     "alembic.runtime.migration"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def option_names(command: click.Command) -> set[str]:

@@ -36,7 +36,12 @@ QUIET_ENVIRONMENT = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TF_CPP_MI
 # Libraries' own notes at INFO, shown only with --verbose: faiss's loader reports a
 # ModuleNotFoundError each time it picks its generic build, MLflow's system-metrics
 # monitor that a CPU machine has no GPU to measure.
-QUIET_LOGGERS = ("faiss.loader", "mlflow.system_metrics")
+QUIET_LOGGERS = (
+    "faiss.loader", "mlflow.system_metrics",
+    # Every logged model: "Validating input example against model signature"; a new store:
+    # "Creating initial MLflow database tables..." and alembic's migration steps.
+    "mlflow.pyfunc", "mlflow.store.db.utils", "alembic.runtime.migration",
+)
 # Options a command cannot run without (click says so in --help and before anything runs).
 REQUIRED_FIELDS = frozenset({"model_uri"})
 
