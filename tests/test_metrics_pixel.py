@@ -129,3 +129,18 @@ def test_the_pixel_interval_of_images_that_all_hold_defects_and_bad_settings():
         metrics.pixel_auroc_interval(masks, maps, resamples=1)
     with pytest.raises(metrics.MetricError, match="need both defect and defect-free pixels"):
         metrics.pixel_auroc_interval(np.zeros_like(masks), maps)
+
+
+def test_a_value_most_pixels_share_does_not_swallow_the_pixels_just_above_it():
+    from sklearn.metrics import roc_auc_score
+
+    # A flat map: 90 % of the pixels exactly 0, the defects just above 0.
+    rng = np.random.default_rng(4)
+    masks = np.zeros((40, 16, 16), dtype=bool)
+    masks[20:, 4:8, 4:8] = True
+    maps = np.where(rng.random(masks.shape) < 0.9, 0.0, rng.random(masks.shape))
+    maps[masks] = 1e-3 * rng.random(int(masks.sum())) + 1e-6
+    picked, _ = metrics._stratified_resamples(np.repeat([0, 1], 20), 100, 0.95, seed=0)
+    exact = np.quantile([roc_auc_score(masks[row].ravel(), maps[row].ravel()) for row in picked], [0.025, 0.975])
+    # 64 bins of 160 pixels each: the zeros fill 57 of them, and the defects just above 0 must not join them.
+    np.testing.assert_allclose(metrics.pixel_auroc_interval(masks, maps, resamples=100, bins=64), exact, atol=5e-3)

@@ -74,6 +74,43 @@ def test_an_unknown_objective_is_refused_and_pixel_auroc_needs_a_method_that_mak
     assert result.exit_code != 0 and "val_pixel_auroc needs anomaly maps" in result.output
 
 
+def test_a_study_records_its_objective_and_refuses_a_worker_ranking_by_another():
+    from defectlab.tuning.storage import check_study_objective
+
+    study = optuna.create_study(direction="maximize")
+    pixel = TuneConfig(method="patch", objective="val_pixel_auroc", study_name="s")
+    check_study_objective(study, pixel)
+    assert study.user_attrs["objective"] == "val_pixel_auroc"
+    check_study_objective(study, pixel)  # the same objective joins
+    with pytest.raises(ConfigError, match="study 's' maximises val_pixel_auroc, not val_image_auroc"):
+        check_study_objective(study, dataclasses.replace(pixel, objective="val_image_auroc"))
+    # A study from before the objective was recorded, with trials, ranked by val_image_auroc.
+    older = optuna.create_study(direction="maximize")
+    older.add_trial(optuna.trial.create_trial(value=0.9))
+    with pytest.raises(ConfigError, match="maximises val_image_auroc, not val_pixel_auroc"):
+        check_study_objective(older, pixel)
+    check_study_objective(older, dataclasses.replace(pixel, objective="val_image_auroc"))
+
+
+def test_of_two_workers_recording_objectives_at_once_the_one_the_study_kept_wins():
+    from defectlab.tuning.storage import check_study_objective
+
+    class RacedStudy:
+        """Another worker's write lands between this worker's look and its own write (PostgreSQL keeps the first)."""
+
+        def __init__(self):
+            self.user_attrs = {}
+
+        def get_trials(self, deepcopy=False):
+            return []
+
+        def set_user_attr(self, key, value):
+            self.user_attrs.setdefault(key, "val_image_auroc")
+
+    with pytest.raises(ConfigError, match="maximises val_image_auroc, not val_pixel_auroc"):
+        check_study_objective(RacedStudy(), TuneConfig(method="patch", objective="val_pixel_auroc"))
+
+
 # YAML validation: one rule per test
 
 

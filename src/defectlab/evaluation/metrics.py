@@ -271,7 +271,7 @@ def pixel_auroc_interval(masks, anomaly_maps, resamples: int = BOOTSTRAP_RESAMPL
     bin counted as ties: tens of millions of pixels per resample would
     otherwise take seconds each. The binning moves an AUROC by at most half
     the share of (defect, good) pixel pairs that fall in one bin, about
-    ``1 / bins``.
+    ``1 / bins``; a value that many pixels share gets a bin of its own.
 
     Returns
     -------
@@ -286,7 +286,10 @@ def pixel_auroc_interval(masks, anomaly_maps, resamples: int = BOOTSTRAP_RESAMPL
         image_labels = np.zeros_like(image_labels)
     picked, _ = _stratified_resamples(image_labels, resamples, level, seed)
     values = anomaly_maps.reshape(len(anomaly_maps), -1)
-    edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
+    quantiles = np.quantile(values, np.linspace(0.0, 1.0, bins + 1)[1:-1])
+    # Each quantile value also closes a bin of its own: a value many pixels share (a flat
+    # map's zeros) would otherwise pull the pixels just above it into its bin, as ties.
+    edges = np.unique(np.concatenate([quantiles, np.nextafter(quantiles, np.inf)]))
     width = len(edges) + 1
     positives, negatives = np.zeros((len(values), width)), np.zeros((len(values), width))
     for index, (image_values, mask) in enumerate(zip(values, masks.reshape(len(masks), -1))):

@@ -183,8 +183,10 @@ def check_study_objective(study: optuna.Study, tune_config: TuneConfig) -> None:
         if not study.get_trials(deepcopy=False):
             _with_retries("recording the study's objective",
                           lambda: study.set_user_attr(OBJECTIVE_ATTR, tune_config.objective))
-            return
-        recorded = OLDEST_OBJECTIVE
+            # Read back: a worker creating the study at the same moment may have written first.
+            recorded = study.user_attrs.get(OBJECTIVE_ATTR, tune_config.objective)
+        else:
+            recorded = OLDEST_OBJECTIVE
     if recorded != tune_config.objective:
         raise ConfigError(
             f"study {tune_config.resolved_study_name!r} maximises {recorded}, not {tune_config.objective}: "
