@@ -77,7 +77,7 @@ TUNED_VARIANTS = {
                                         TUNED_FIXED, TUNED_SPACE, 16, "val_pixel_auroc"),
 }
 COLUMNS = [
-    ("test_image_auroc", "image AUROC"), ("test_pixel_auroc", "pixel AUROC"), ("test_aupro", "AUPRO"),
+    ("test_image_auroc", "image AUROC [95 % CI]"), ("test_pixel_auroc", "pixel AUROC [95 % CI]"), ("test_aupro", "AUPRO"),
     ("test_tpr_at_val_threshold", "TPR at deployed thr."), ("test_tnr_at_val_threshold", "TNR at deployed thr."),
     ("train_seconds", "fit s"), ("score_seconds", "score s"),
 ]
