@@ -11,6 +11,18 @@ from defectlab.evaluation import figures, metrics
 logger = logging.getLogger(__name__)
 
 
+def rows_with_ground_truth(table, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``split`` whose pixels are all known: good images, and defects with a mask file.
+
+    Returns ``(kept, defects_without_mask)``, boolean arrays over ``table``'s rows;
+    a defect without a mask is left out (counting its pixels as good would misread the map).
+    """
+    in_split = table["split"].to_numpy() == split
+    has_mask = table["mask_path"].fillna("").astype(str).str.len().to_numpy() > 0
+    defect = table["label"].to_numpy() == 1
+    return in_split & (~defect | has_mask), in_split & defect & ~has_mask
+
+
 def pixel_metrics(scored_table, masks: np.ndarray, anomaly_maps: np.ndarray) -> dict:
     """``test_pixel_auroc`` (with its bootstrap 95 % interval over images), ``test_aupro`` and ``val_pixel_auroc``.
 
@@ -23,25 +35,21 @@ def pixel_metrics(scored_table, masks: np.ndarray, anomaly_maps: np.ndarray) -> 
     ``val_pixel_auroc`` (what a study tuning for localisation maximises) when
     the val split has no masked defect.
     """
-    split = scored_table["split"].to_numpy()
-    has_mask = scored_table["mask_path"].fillna("").astype(str).str.len().to_numpy() > 0
-    defect = scored_table["label"].to_numpy() == 1
     result = {}
-    val_kept = (split == "val") & (~defect | has_mask)
+    val_kept, _ = rows_with_ground_truth(scored_table, "val")
     if masks[val_kept].any() and not masks[val_kept].all():
         result["val_pixel_auroc"] = metrics.pixel_auroc(masks[val_kept], anomaly_maps[val_kept])
-    test = split == "test"
-    if not masks[test & defect & has_mask].any():
+    kept, without_mask = rows_with_ground_truth(scored_table, "test")
+    defect = scored_table["label"].to_numpy() == 1
+    if not masks[kept & defect].any():
         logger.info("no ground-truth defect pixels among the test images: pixel metrics skipped")
         return result
-    without_mask = test & defect & ~has_mask
     if without_mask.any():
         logger.warning(
             "%d of %d test defect images have no ground-truth mask (e.g. %s): left out of the pixel metrics",
-            int(without_mask.sum()), int((test & defect).sum()),
+            int(without_mask.sum()), int((kept & defect).sum() + without_mask.sum()),
             scored_table["path"].to_numpy()[without_mask][0],
         )
-    kept = test & (~defect | has_mask)
     low, high = metrics.pixel_auroc_interval(masks[kept], anomaly_maps[kept])
     return {
         **result,
@@ -49,7 +57,7 @@ def pixel_metrics(scored_table, masks: np.ndarray, anomaly_maps: np.ndarray) -> 
         "test_pixel_auroc_ci_low": low,
         "test_pixel_auroc_ci_high": high,
         "test_aupro": metrics.aupro(masks[kept], anomaly_maps[kept]),
-        "test_pixel_images": int((test & defect & has_mask).sum()),
+        "test_pixel_images": int((kept & defect).sum()),
         "test_pixel_images_without_mask": int(without_mask.sum()),
     }
 

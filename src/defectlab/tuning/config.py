@@ -49,7 +49,7 @@ class TuneConfig:
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the first invalid setting."""
-        from defectlab.methods import all_methods
+        from defectlab.methods import all_methods, get_method
 
         names = [method.name for method in all_methods()]
         if self.method not in names:
@@ -58,9 +58,7 @@ class TuneConfig:
             raise ConfigError("category must not be empty")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.objective == "val_pixel_auroc" and not next(
-            method for method in all_methods() if method.name == self.method
-        ).makes_maps:
+        if self.objective == "val_pixel_auroc" and not get_method(self.method).makes_maps:
             map_methods = ", ".join(method.name for method in all_methods() if method.makes_maps)
             raise ConfigError(
                 f"objective val_pixel_auroc needs anomaly maps, which method {self.method} does not make "

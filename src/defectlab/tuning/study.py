@@ -104,9 +104,10 @@ def check_objective_data(tune_config: TuneConfig, dataset) -> None:
     """Refuse ``val_pixel_auroc`` on a category whose val split has no masked defect (it would never be logged)."""
     if tune_config.objective != "val_pixel_auroc":
         return
-    table = dataset.table
-    has_mask = table["mask_path"].fillna("").astype(str).str.len() > 0
-    if not ((table["split"] == "val") & (table["label"] == 1) & has_mask).any():
+    from defectlab.evaluation.pixel import rows_with_ground_truth
+
+    val_kept, _ = rows_with_ground_truth(dataset.table, "val")
+    if not (val_kept & (dataset.table["label"].to_numpy() == 1)).any():
         raise ConfigError(
             f"objective val_pixel_auroc needs ground-truth masks of defects in the val split; "
             f"{dataset.dataset_name} has none, so use objective val_image_auroc"
